@@ -1,0 +1,74 @@
+"""Chapter 16 checks: the GPT parameter formula, published sizes, causality, weight tying."""
+
+import math
+
+import pytest
+import torch
+from nnbook.attention import MultiHeadAttention
+from torch import nn
+
+
+class Block(nn.Module):
+    def __init__(self, d, n_head):
+        super().__init__()
+        self.ln_1, self.ln_2 = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.attn = MultiHeadAttention(d_model=d, n_heads=n_head)
+        self.mlp = nn.Sequential(nn.Linear(d, 4 * d), nn.GELU(), nn.Linear(4 * d, d))
+
+    def forward(self, h):
+        h = h + self.attn(self.ln_1(h), causal=True)
+        return h + self.mlp(self.ln_2(h))
+
+
+class GPT(nn.Module):
+    def __init__(self, *, V, n_ctx, L, d, n_head):
+        super().__init__()
+        self.tok_emb, self.pos_emb = nn.Embedding(V, d), nn.Embedding(n_ctx, d)
+        self.blocks = nn.Sequential(*[Block(d, n_head) for _ in range(L)])
+        self.ln_f = nn.LayerNorm(d)
+        self.head = nn.Linear(d, V, bias=False)
+        self.head.weight = self.tok_emb.weight
+
+    def forward(self, x):
+        h = self.tok_emb(x) + self.pos_emb(torch.arange(x.shape[1]))
+        return self.head(self.ln_f(self.blocks(h)))
+
+
+def n_params_formula(*, V, n_ctx, L, d):
+    return V * d + n_ctx * d + L * (12 * d * d + 13 * d) + 2 * d
+
+
+def count(model):
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize("V,n_ctx,L,d,h", [(76, 64, 4, 64, 4), (50, 32, 2, 48, 3), (1000, 128, 6, 96, 8)])
+def test_formula_equals_model_count(V, n_ctx, L, d, h):
+    assert count(GPT(V=V, n_ctx=n_ctx, L=L, d=d, n_head=h)) == n_params_formula(V=V, n_ctx=n_ctx, L=L, d=d)
+
+
+def test_published_sizes():
+    assert n_params_formula(V=50_257, n_ctx=1024, L=12, d=768) == 124_439_808  # GPT-2 small checkpoint
+    assert n_params_formula(V=50_257, n_ctx=1024, L=48, d=1600) == 1_557_611_200  # GPT-2 XL checkpoint
+    gpt1 = n_params_formula(V=40_478, n_ctx=512, L=12, d=768) - 2 * 768  # no final layer norm
+    assert round(gpt1 / 1e6) == 117
+    assert round(n_params_formula(V=50_257, n_ctx=2048, L=96, d=12288) / 1e9) == 175
+    with torch.device("meta"):
+        assert count(GPT(V=50_257, n_ctx=1024, L=12, d=768, n_head=12)) == 124_439_808
+
+
+def test_causal_and_tied_and_uniform_at_init():
+    torch.manual_seed(0)
+    model = GPT(V=76, n_ctx=64, L=2, d=32, n_head=4)
+    for m in model.modules():
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, 0, 0.02)
+    assert model.head.weight is model.tok_emb.weight
+    x = torch.randint(0, 76, (2, 64))
+    y = x.clone()
+    y[:, 40:] = (y[:, 40:] + 1) % 76
+    with torch.no_grad():
+        torch.testing.assert_close(model(x)[:, :40], model(y)[:, :40])
+        assert not torch.allclose(model(x)[:, 40:], model(y)[:, 40:])
+        loss = nn.functional.cross_entropy(model(x).flatten(0, 1), x.roll(-1, 1).flatten())
+    assert abs(loss.item() - math.log(76)) < 0.05

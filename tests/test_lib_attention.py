@@ -1,0 +1,76 @@
+"""Tests of nnbook.attention: the shared multi-head attention block."""
+
+import pytest
+import torch
+from nnbook.attention import MultiHeadAttention, attention_mask
+from torch import nn
+
+
+def _pair(d_model=16, n_heads=4, seed=0):
+    torch.manual_seed(seed)
+    ours = MultiHeadAttention(d_model=d_model, n_heads=n_heads).double()
+    ref = nn.MultiheadAttention(d_model, n_heads, batch_first=True).double()
+    with torch.no_grad():
+        ref.in_proj_weight.copy_(ours.in_proj.weight)
+        ref.in_proj_bias.copy_(ours.in_proj.bias)
+        ref.out_proj.weight.copy_(ours.out_proj.weight)
+        ref.out_proj.bias.copy_(ours.out_proj.bias)
+    return ours, ref
+
+
+@pytest.mark.parametrize("cross,causal,padding", [  # causal masks are for self-attention only
+    (False, False, False), (False, False, True), (False, True, False), (False, True, True),
+    (True, False, False), (True, False, True)])
+def test_matches_nn_multiheadattention_forward_and_backward(cross, causal, padding):
+    ours, ref = _pair()
+    g = torch.Generator().manual_seed(1)
+    q = torch.randn(3, 7, 16, dtype=torch.float64, generator=g, requires_grad=True)
+    kv = torch.randn(3, 5, 16, dtype=torch.float64, generator=g, requires_grad=True) if cross else q
+    S = kv.shape[1]
+    pad = torch.zeros(3, S, dtype=torch.bool)
+    if padding:
+        pad[1, -2:] = True
+        pad[2, -1:] = True
+    kpm = pad if padding else None
+    causal_mask = torch.ones(7, 7, dtype=torch.bool).triu(1) if causal else None  # True = blocked
+    out = ours(q, None if not cross else kv, key_padding_mask=kpm, causal=causal)
+    want, _ = ref(q, kv, kv, key_padding_mask=kpm, attn_mask=causal_mask, need_weights=False)
+    torch.testing.assert_close(out, want, atol=1e-10, rtol=1e-10)
+    grads = torch.autograd.grad(out.square().sum(), [q, ours.in_proj.weight, ours.out_proj.weight])
+    grads_ref = torch.autograd.grad(want.square().sum(), [q, ref.in_proj_weight, ref.out_proj.weight])
+    for a, b in zip(grads, grads_ref, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10)
+
+
+def test_weights_path_equals_fused_path_and_rows_sum_to_one():
+    ours, ref = _pair()
+    x = torch.randn(2, 6, 16, dtype=torch.float64)
+    pad = torch.tensor([[False] * 6, [False] * 4 + [True] * 2])
+    fused = ours(x, key_padding_mask=pad, causal=True)
+    explicit, w = ours(x, key_padding_mask=pad, causal=True, need_weights=True)
+    torch.testing.assert_close(fused, explicit)
+    assert w.shape == (2, 4, 6, 6)
+    torch.testing.assert_close(w.sum(-1), torch.ones(2, 4, 6, dtype=torch.float64))
+    assert torch.all(w.triu(1) == 0), "causal: no weight on future keys"
+    assert torch.all(w[1, :, :, 4:] == 0), "no weight on padding keys"
+    _, w_ref = ref(x, x, x, key_padding_mask=pad, attn_mask=torch.ones(6, 6).bool().triu(1),
+                   average_attn_weights=False)
+    torch.testing.assert_close(w, w_ref)
+
+
+def test_causal_output_ignores_the_future():
+    ours, _ = _pair()
+    x = torch.randn(1, 8, 16, dtype=torch.float64)
+    y = x.clone()
+    y[:, 5:] = 7.0
+    torch.testing.assert_close(ours(x, causal=True)[:, :5], ours(y, causal=True)[:, :5])
+
+
+def test_errors_say_what_was_expected():
+    with pytest.raises(ValueError, match="divisible"):
+        MultiHeadAttention(d_model=10, n_heads=4)
+    with pytest.raises(ValueError, match="key_padding_mask must be"):
+        attention_mask(3, 3, key_padding_mask=torch.zeros(2, 4, dtype=torch.bool))
+    with pytest.raises(ValueError, match="causal mask"):
+        attention_mask(3, 4, causal=True)
+    assert attention_mask(3, 3) is None
