@@ -44,6 +44,25 @@ def vgg(*, in_ch=3, n_classes=1000, stages=((64,), (128,), (256, 256), (512, 512
     )
 
 
+def nin_block(c_in, c_out, k, *, c_hidden=None, stride=1, padding=0, last_relu=True, norm=False):
+    c_hidden = c_hidden or c_out
+    layers = [*conv_relu(c_in, c_hidden, k, stride=stride, padding=padding, norm=norm),
+              *conv_relu(c_hidden, c_hidden, 1, norm=norm), nn.Conv2d(c_hidden, c_out, 1)]
+    return nn.Sequential(*layers, *([nn.ReLU()] if last_relu else []))
+
+
+def nin(*, in_ch=1, n_classes=10, widths=(16, 32, 64), stem=(5, 2, 2), dropout=0.5, norm=False):
+    c1, c2, c3 = widths
+    k, s, p = stem
+    return nn.Sequential(
+        nin_block(in_ch, c1, k, stride=s, padding=p, norm=norm), nn.MaxPool2d(3, stride=2, padding=1),
+        nin_block(c1, c2, 3, padding=1, norm=norm), nn.MaxPool2d(3, stride=2, padding=1),
+        nn.Dropout(dropout),
+        nin_block(c2, n_classes, 3, c_hidden=c3, padding=1, last_relu=False, norm=norm),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+    )
+
+
 class BasicBlock(nn.Module):
     def __init__(self, c_in, c_out, *, stride=1):
         super().__init__()
@@ -112,14 +131,31 @@ def test_resnet18_computes_torchvisions_function():
         torch.testing.assert_close(ours(x), ref(x))
 
 
+def _minis():
+    return {
+        "AlexNet": alexnet(in_ch=1, n_classes=10, widths=(16, 32, 48, 48, 32), stem=(5, 2, 3), fc=128,
+                           pooled=1, norm=True),
+        "VGG": vgg(in_ch=1, n_classes=10, stages=((8,), (16,), (32, 32)), fc=64, pooled=3, norm=True),
+        "NiN": nin(in_ch=1, n_classes=10, widths=(16, 32, 64), stem=(5, 2, 2), norm=True),
+        "ResNet": resnet(in_ch=1, n_classes=10, widths=(16, 32, 64), blocks=(1, 1, 1), stem=(3, 2, 1)),
+    }
+
+
 def test_scaled_down_models_fit_mnist():
     x = torch.zeros(2, 1, 28, 28)
-    minis = [alexnet(in_ch=1, n_classes=10, widths=(8, 12, 16, 16, 16), stem=(5, 1, 2), fc=64, pooled=2,
-                     norm=True),
-             vgg(in_ch=1, n_classes=10, stages=((8,), (16,), (24, 24)), fc=64, pooled=3, norm=True),
-             resnet(in_ch=1, n_classes=10, widths=(8, 16, 32), blocks=(1, 1, 1), stem=(3, 1, 1))]
-    for model in minis:
-        assert model(x).shape == (2, 10)
+    for name, model in _minis().items():
+        assert model(x).shape == (2, 10), f"{name}: expected logits (2, 10), got {tuple(model(x).shape)}"
+
+
+def test_scaled_down_map_sizes():
+    x = torch.randn(2, 1, 28, 28)
+    minis = {name: model.eval() for name, model in _minis().items()}
+    alex = minis["AlexNet"]
+    sizes = [alex[:i + 1](x).shape[-1] for i, m in enumerate(alex) if isinstance(m, nn.MaxPool2d)]
+    assert alex[0](x).shape[-1] == 15 and sizes == [7, 3, 1], f"AlexNet maps 28->15->7->3->1; got {sizes}"
+    nin_maps = minis["NiN"][:-2](x)
+    assert nin_maps.shape == (2, 10, 4, 4), f"NiN class maps: expected (2, 10, 4, 4), got {nin_maps.shape}"
+    torch.testing.assert_close(minis["NiN"](x), nin_maps.mean((2, 3)))   # GAP (5.3): logits = map averages
 
 
 def test_3x3_stack_receptive_field_and_weights():

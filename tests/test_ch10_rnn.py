@@ -3,8 +3,9 @@
 import math
 
 import torch
-from nnbook.text import CharVocab, shakespeare, train_val_split
 from torch import nn
+
+from nnbook.text import CharVocab, shakespeare, train_val_split
 
 
 def rnn_unroll(x, h0, W_xh, W_hh, b):

@@ -1,8 +1,9 @@
 """Chapter 11 checks: LSTM and GRU cells from scratch vs nn.LSTM / nn.GRU, outputs and gradients."""
 
 import torch
-from nnbook.sequences import adding_problem
 from torch import nn
+
+from nnbook.sequences import adding_problem
 
 DT = torch.float64
 

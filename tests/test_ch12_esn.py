@@ -1,8 +1,9 @@
 """Chapter 12 checks: reservoir construction, echo state property, ridge readout vs sklearn, NRMSE."""
 
 import torch
-from nnbook.sequences import mackey_glass
 from sklearn.linear_model import Ridge
+
+from nnbook.sequences import mackey_glass
 
 DT = torch.float64
 

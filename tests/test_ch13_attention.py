@@ -4,8 +4,9 @@ import math
 
 import pytest
 import torch
-from nnbook.dates import date_tensors
 from torch import nn
+
+from nnbook.dates import date_tensors
 
 
 def additive_attention(s, Uh, h, mask, W_a, v_a):

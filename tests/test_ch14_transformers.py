@@ -5,8 +5,9 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from nnbook.attention import MultiHeadAttention
 from torch import nn
+
+from nnbook.attention import MultiHeadAttention
 
 
 def attention(Q, K, V, mask=None):

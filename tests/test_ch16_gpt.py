@@ -4,8 +4,9 @@ import math
 
 import pytest
 import torch
-from nnbook.attention import MultiHeadAttention
 from torch import nn
+
+from nnbook.attention import MultiHeadAttention
 
 
 class Block(nn.Module):
@@ -72,3 +73,20 @@ def test_causal_and_tied_and_uniform_at_init():
         assert not torch.allclose(model(x)[:, 40:], model(y)[:, 40:])
         loss = nn.functional.cross_entropy(model(x).flatten(0, 1), x.roll(-1, 1).flatten())
     assert abs(loss.item() - math.log(76)) < 0.05
+
+
+def windows(n_targets, n_ctx, stride):
+    starts = torch.arange(0, n_targets - n_ctx + 1, stride)
+    if starts[-1] != n_targets - n_ctx:
+        starts = torch.cat([starts, torch.tensor([n_targets - n_ctx])])
+    first_new = torch.cat([starts[:1], starts[:-1] + n_ctx])
+    return starts, starts[:, None] + torch.arange(n_ctx) >= first_new[:, None]
+
+
+@pytest.mark.parametrize("n,T,stride", [(100, 10, 5), (101, 10, 10), (57, 8, 3), (10, 10, 4), (1000, 64, 32)])
+def test_sliding_windows_score_every_target_once(n, T, stride):
+    starts, scored = windows(n, T, stride)
+    positions = (starts[:, None] + torch.arange(T))[scored]
+    assert torch.equal(positions.sort().values, torch.arange(n)), "each target must be scored exactly once"
+    later = torch.arange(T).expand_as(scored)[1:][scored[1:]]  # context of the targets after window 0
+    assert later.numel() == 0 or later.min() >= T - stride, "later windows must score only well-fed positions"

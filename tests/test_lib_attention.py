@@ -2,8 +2,9 @@
 
 import pytest
 import torch
-from nnbook.attention import MultiHeadAttention, attention_mask
 from torch import nn
+
+from nnbook.attention import MultiHeadAttention, attention_mask
 
 
 def _pair(d_model=16, n_heads=4, seed=0):

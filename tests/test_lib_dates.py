@@ -4,6 +4,7 @@ import datetime as dt
 
 import pytest
 import torch
+
 from nnbook.dates import (
     FIRST,
     FORMATS,

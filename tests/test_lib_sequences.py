@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+
 from nnbook.sequences import adding_problem, mackey_glass
 
 

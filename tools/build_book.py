@@ -1,49 +1,173 @@
 """Build the book's website and print the per-chapter table.
 
-    python tools/build_book.py --mode full     # what `make book` runs: _build/html
+    python tools/build_book.py --mode full              # what `make book` runs: _build/html
     python tools/build_book.py --mode smoke --out DIR   # the test suite's quick build
 
-Every chapter notebook is executed during the build (Jupyter Book 1, myst-nb). The build is
-strict: a failing cell or any Sphinx warning fails it. At the end it prints one row per
-chapter: execution seconds and the headline result the chapter recorded.
+Two stages:
+
+1. **Execute.** Every chapter listed in ``_toc.yml`` is executed top to bottom in the chosen
+   mode (``NNBOOK_MODE``), one after the other, with its wall-clock time measured. A failing
+   cell fails the build (after the other chapters have run, so one report shows every failure).
+2. **Render.** Jupyter Book renders the executed notebooks and the prose pages into
+   ``OUT/_build/html``, strictly: any Sphinx warning fails the build.
+
+The build ends with one row per chapter: execution seconds and the headline result the chapter
+recorded with ``nnbook.record``.
+
+Execution cache. An executed notebook is stored, with its recorded result and its time, under
+``$NNBOOK_EXEC_CACHE`` (default ``~/.cache/nnbook/executed``), keyed by a SHA-256 of everything
+that can change its outputs: the mode, the notebook file, every file of the ``nnbook`` library,
+``requirements.txt`` and ``pyproject.toml``. When nothing of that changed since the last build,
+the stored execution is reused and the table says so (with its date). Pass ``--fresh`` (or set
+``NNBOOK_EXEC_CACHE=off``) to execute everything regardless.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import nbformat
+import yaml
+
 ROOT = Path(__file__).resolve().parents[1]
+CACHE_VARIABLE = "NNBOOK_EXEC_CACHE"
+TIMEOUT = 1200  # seconds per cell
 
 
-def build(mode: str, out: Path) -> int:
-    """Run jupyter-book with the book's environment; returns its exit code."""
+def chapters() -> list[Path]:
+    """The notebooks listed in ``_toc.yml``, in book order."""
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
+    files = [entry["file"] for part in toc.get("parts", []) for entry in part.get("chapters", [])]
+    return [ROOT / f"{f}.ipynb" for f in files if (ROOT / f"{f}.ipynb").is_file()]
+
+
+def inputs_key(notebook: Path, mode: str) -> str:
+    """SHA-256 of everything an execution depends on."""
+    h = hashlib.sha256(f"mode={mode}\n".encode())
+    deps = [notebook, ROOT / "requirements.txt", ROOT / "pyproject.toml",
+            *sorted((ROOT / "lib").rglob("*.py"))]
+    for path in deps:
+        h.update(str(path.relative_to(ROOT)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+def cache_dir() -> Path | None:
+    value = os.environ.get(CACHE_VARIABLE, "")
+    if value.lower() == "off":
+        return None
+    return Path(value).expanduser() if value else Path.home() / ".cache" / "nnbook" / "executed"
+
+
+def execute(notebook: Path, mode: str, results: Path) -> tuple[nbformat.NotebookNode, float, str | None]:
+    """Run one notebook in a fresh kernel; returns (executed notebook, seconds, error or None)."""
+    from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionError
+
+    nb = nbformat.read(notebook, as_version=4)
+    client = NotebookClient(nb, timeout=TIMEOUT, kernel_name="python3",
+                            resources={"metadata": {"path": str(notebook.parent)}})
+    start = time.perf_counter()
+    error = None
+    try:
+        client.execute()
+    except CellExecutionError as failure:
+        error = str(failure)
+    except Exception as failure:  # noqa: BLE001 - a dead kernel or timeout is a failed chapter too
+        error = f"{type(failure).__name__}: {failure}"
+    return nb, time.perf_counter() - start, error
+
+
+def run_chapters(mode: str, out: Path, *, use_cache: bool) -> tuple[dict, list[str]]:
+    """Stage 1: execute (or reuse) every chapter; write them into the staging source tree."""
     results = out / "_build" / "results"
     shutil.rmtree(results, ignore_errors=True)
     results.mkdir(parents=True)
-    env = dict(os.environ, NNBOOK_MODE=mode, NNBOOK_SITE="1", NNBOOK_RESULTS=str(results),
-               MPLBACKEND="module://matplotlib_inline.backend_inline", PYDEVD_DISABLE_FILE_VALIDATION="1")
+    os.environ.update(NNBOOK_MODE=mode, NNBOOK_SITE="1", NNBOOK_RESULTS=str(results),
+                      MPLBACKEND="module://matplotlib_inline.backend_inline",
+                      PYDEVD_DISABLE_FILE_VALIDATION="1")
+    store = cache_dir() if use_cache else None
+    staged = out / "_build" / "source"
+    info, failures = {}, []
+    for notebook in chapters():
+        name = notebook.stem
+        key = inputs_key(notebook, mode)
+        entry = store / mode / f"{name}-{key[:20]}" if store else None
+        target = staged / notebook.relative_to(ROOT)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if entry is not None and (entry / "meta.json").is_file():
+            meta = json.loads((entry / "meta.json").read_text())
+            shutil.copyfile(entry / "executed.ipynb", target)
+            if (entry / "result.json").is_file():
+                shutil.copyfile(entry / "result.json", results / f"{name}.json")
+            info[name] = dict(meta, cached=True)
+            print(f"[{name}] unchanged since {meta['executed_at']}: reusing its execution "
+                  f"({meta['seconds']:.1f} s then)", flush=True)
+            continue
+        print(f"[{name}] executing in {mode} mode ...", flush=True)
+        nb, seconds, error = execute(notebook, mode, results)
+        nbformat.write(nb, target)
+        meta = {"seconds": round(seconds, 1), "executed_at": time.strftime("%Y-%m-%d %H:%M:%S"),
+                "key": key, "succeeded": error is None}
+        info[name] = dict(meta, cached=False)
+        if error is not None:
+            failures.append(name)
+            print(f"[{name}] FAILED after {seconds:.1f} s:\n{error[-4000:]}", flush=True)
+            continue
+        print(f"[{name}] done in {seconds:.1f} s", flush=True)
+        if entry is not None:
+            tmp = entry.with_name(entry.name + ".tmp")
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            shutil.copyfile(target, tmp / "executed.ipynb")
+            if (results / f"{name}.json").is_file():
+                shutil.copyfile(results / f"{name}.json", tmp / "result.json")
+            (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+            for old in entry.parent.glob(f"{name}-*"):  # keep one entry per chapter and mode
+                if old != tmp:
+                    shutil.rmtree(old, ignore_errors=True)
+            tmp.rename(entry)
+    return info, failures
+
+
+def render(out: Path) -> int:
+    """Stage 2: Jupyter Book renders the staged (already executed) sources, strictly."""
+    staged = out / "_build" / "source"
+    for item in ("_toc.yml", "book"):
+        src, dst = ROOT / item, staged / item
+        if src.is_dir():
+            shutil.rmtree(dst, ignore_errors=True)
+            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copyfile(src, dst)
+    config = yaml.safe_load((ROOT / "_config.yml").read_text())
+    config["execute"]["execute_notebooks"] = "off"  # executed in stage 1
+    (staged / "_config.yml").write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
     jb = Path(sys.executable).with_name("jupyter-book")
-    command = [str(jb), "build", str(ROOT), "--path-output", str(out), "--all", "-W", "--keep-going"]
-    print("$", " ".join(command), f"  (NNBOOK_MODE={mode})", flush=True)
-    return subprocess.run(command, env=env, cwd=ROOT).returncode
+    command = [str(jb), "build", str(staged), "--path-output", str(out), "--all", "-W", "--keep-going"]
+    print("$", " ".join(command), flush=True)
+    return subprocess.run(command, cwd=staged).returncode
 
 
-def table(results_dir: Path) -> tuple[str, list[str]]:
+def table(info: dict, results_dir: Path) -> tuple[str, list[str]]:
     """The end-of-build table, and the chapters that executed but recorded no result."""
-    times_file = results_dir / "_execution.json"
-    times = json.loads(times_file.read_text()) if times_file.exists() else {}
     rows = [("chapter", "exec s", "headline result", "target", "met")]
     missing = []
-    for chapter in sorted(times):
-        t = times[chapter]
-        seconds = "-" if t.get("seconds") is None else f"{t['seconds']:.1f}"
+    for chapter, meta in info.items():
+        seconds = f"{meta['seconds']:.1f}"
+        if meta["cached"]:
+            seconds += f" (cached {meta['executed_at'][:10]})"
         path = results_dir / f"{chapter}.json"
+        if not meta["succeeded"]:
+            rows.append((chapter, seconds, "(execution failed)", "", ""))
+            continue
         if not path.exists():
             missing.append(chapter)
             rows.append((chapter, seconds, "(no result recorded)", "", ""))
@@ -61,17 +185,26 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mode", choices=("full", "smoke"), default="full")
     parser.add_argument("--out", type=Path, default=ROOT, help="output root (site in OUT/_build/html)")
+    parser.add_argument("--fresh", action="store_true", help="execute every chapter, ignoring the cache")
     args = parser.parse_args()
-    code = build(args.mode, args.out.resolve())
-    text, missing = table(args.out.resolve() / "_build" / "results")
-    print(f"\nChapters executed in {args.mode} mode:\n{text}\n", flush=True)
+    out = args.out.resolve()
+    start = time.perf_counter()
+    info, failures = run_chapters(args.mode, out, use_cache=not args.fresh)
+    code = render(out) if not failures else 1
+    text, missing = table(info, out / "_build" / "results")
+    total = sum(m["seconds"] for m in info.values() if not m["cached"])
+    print(f"\nChapters in {args.mode} mode ({total:.0f} s of execution in this build, "
+          f"{time.perf_counter() - start:.0f} s in all):\n{text}\n", flush=True)
+    if failures:
+        print(f"Chapters that failed to execute: {', '.join(failures)}")
+        return 1
     if code != 0:
         print(f"The site build failed (exit code {code}); see the messages above.")
         return code
     if missing:
         print(f"Chapters that recorded no headline result: {', '.join(missing)}")
         return 1
-    print(f"Site: {args.out.resolve() / '_build' / 'html' / 'index.html'}")
+    print(f"Site: {out / '_build' / 'html' / 'index.html'}")
     return 0
 
 

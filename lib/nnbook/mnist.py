@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import socket
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from torchvision.datasets import MNIST

@@ -9,7 +9,7 @@ deterministic corpus of about 1 MB whose SHA-256 is checked.
 from __future__ import annotations
 
 import tarfile
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 

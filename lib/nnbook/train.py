@@ -9,7 +9,7 @@ training cleanly: the model keeps its weights and ``fit`` returns the history so
 from __future__ import annotations
 
 import time
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -81,6 +81,7 @@ def fit(
     val_loader: Iterable | None = None,
     scheduler=None,
     step_scheduler_per_batch: bool = False,
+    log_every: int = 1,
 ) -> History:
     """Train ``model`` for ``epochs`` passes over ``train_loader``; return the history.
 
@@ -93,6 +94,8 @@ def fit(
         val_loader: if given, evaluated after every epoch.
         scheduler: a learning-rate scheduler, stepped once per epoch, or per batch when
             ``step_scheduler_per_batch`` (e.g. ``OneCycleLR``).
+        log_every: print a line every ``log_every`` epochs and after the last; 0 prints nothing
+            (and shows no progress bar).
 
     Returns:
         A :class:`History` with ``epoch``, ``train_loss``, ``train_acc``, ``seconds`` and,
@@ -105,7 +108,8 @@ def fit(
         for epoch in range(1, epochs + 1):
             model.train()
             total_loss, correct, count = 0.0, 0, 0
-            for x, y in _batches(train_loader, f"epoch {epoch}/{epochs}"):
+            batches = _batches(train_loader, f"epoch {epoch}/{epochs}") if log_every else train_loader
+            for x, y in batches:
                 x, y = x.to(dev), y.to(dev)
                 with autocast(dev):
                     out = model(x)
@@ -115,7 +119,7 @@ def fit(
                 optimizer.step()
                 if scheduler is not None and step_scheduler_per_batch:
                     scheduler.step()
-                total_loss += float(loss) * len(y)
+                total_loss += float(loss.detach()) * len(y)
                 correct += _correct(out.detach(), y)
                 count += len(y)
             if scheduler is not None and not step_scheduler_per_batch:
@@ -126,7 +130,8 @@ def fit(
                 record.update(val_loss=val["loss"], val_acc=val["acc"])
             record["seconds"] = time.perf_counter() - start
             history.add(**record)
-            print("  ".join(_format(k, v) for k, v in record.items()), flush=True)
+            if log_every and (epoch % log_every == 0 or epoch == epochs):
+                print("  ".join(_format(k, v) for k, v in record.items()), flush=True)
     except KeyboardInterrupt:
         history.interrupted = True
         print(f"interrupted after {len(history.get('epoch', []))} complete epoch(s); "

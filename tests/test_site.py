@@ -1,0 +1,153 @@
+"""The website, built in smoke mode and opened in headless Chromium, with the network cut off.
+
+On each chapter page: equations rendered by the bundled MathJax (no raw `$$` or `\\(` left), at
+least one figure, the Colab link, and the site's search finds the chapter by its title. Without
+Chromium the test skips and says so, except in CI (CI=true), where it must run.
+"""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = yaml.safe_load((ROOT / "_config.yml").read_text())
+TOC = yaml.safe_load((ROOT / "_toc.yml").read_text())
+CHAPTERS = [entry["file"] for part in TOC["parts"] for entry in part["chapters"]
+            if entry["file"].startswith("notebooks/")]
+CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+pytestmark = pytest.mark.site
+
+
+def chromium_path() -> str | None:
+    for candidate in (os.environ.get("CHROMIUM"), shutil.which("chromium"), shutil.which("chromium-browser"),
+                      "/usr/bin/chromium"):
+        if candidate and Path(candidate).is_file():
+            return candidate
+    return None
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory) -> Path:
+    """Build the site in smoke mode (executions cached as in `make book`); return its html dir."""
+    out = tmp_path_factory.mktemp("site")
+    done = subprocess.run([sys.executable, str(ROOT / "tools" / "build_book.py"), "--mode", "smoke",
+                           "--out", str(out)], cwd=ROOT, capture_output=True, text=True)
+    print(done.stdout[-3000:])
+    assert done.returncode == 0, f"site build failed:\n{done.stdout[-6000:]}\n{done.stderr[-3000:]}"
+    assert "Chapters in smoke mode" in done.stdout  # the end-of-build table was printed
+    return out / "_build" / "html"
+
+
+def test_every_chapter_page_was_built_with_its_result(site):
+    results = site.parent / "results"
+    for chapter in CHAPTERS:
+        assert (site / f"{chapter}.html").is_file(), chapter
+        record = json.loads((results / f"{Path(chapter).name}.json").read_text())
+        assert record["mode"] == "smoke"
+
+
+def test_no_page_loads_anything_from_another_host(site):
+    remote = re.compile(r"<(?:script|link|img)\b[^>]*\b(?:src|href)=\"(?:https?:)?//[^\"]*\"[^>]*>", re.I)
+    offenders = {}
+    for page in site.rglob("*.html"):
+        tags = [t for t in remote.findall(page.read_text(errors="replace"))
+                if not re.search(r"rel=\"(?:canonical|alternate)\"", t)]
+        if tags:
+            offenders[str(page.relative_to(site))] = tags[:3]
+    assert not offenders, offenders
+    assert (site / "_static" / "mathjax" / "MathJax.js").is_file()
+
+
+@pytest.fixture(scope="module")
+def browser(site):
+    executable = chromium_path()
+    if executable is None:
+        message = ("Chromium not found (looked at $CHROMIUM, PATH and /usr/bin/chromium); "
+                   "install it (Debian: apt-get install chromium) to run the browser checks")
+        if os.environ.get("CI") == "true":
+            pytest.fail(message + " -- required in CI")
+        pytest.skip(message)
+    from playwright.sync_api import sync_playwright
+
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(site))
+    handler.log_message = lambda *args: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}/"
+    with sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=executable, args=CHROMIUM_FLAGS, headless=True)
+        context = chromium.new_context()
+        blocked: list[str] = []
+
+        def only_local(route):  # the site must work offline: refuse every other host
+            if route.request.url.startswith(base):
+                route.continue_()
+            else:
+                blocked.append(route.request.url)
+                route.abort()
+
+        context.route("**/*", only_local)
+        yield context, base, blocked
+        chromium.close()
+    server.shutdown()
+
+
+VISIBLE_TEXT = """() => {
+    const article = document.querySelector('article') || document.body;
+    const copy = article.cloneNode(true);
+    copy.querySelectorAll('pre, code, script, .MathJax, .MathJax_Display, .MathJax_Preview').forEach(e => e.remove());
+    return copy.innerText;
+}"""
+MATHJAX_DONE = """() => new Promise(resolve => MathJax.Hub.Queue(() => resolve(true)))"""
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS, ids=lambda c: Path(c).name)
+def test_chapter_page_in_a_browser(browser, chapter):
+    context, base, blocked = browser
+    name = Path(chapter).name
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(base + f"{chapter}.html", wait_until="load")
+    page.wait_for_function("() => window.MathJax && MathJax.Hub && MathJax.isReady", timeout=30_000)
+    page.evaluate(MATHJAX_DONE)
+
+    rendered = page.locator(".MathJax, .MathJax_Display").count()
+    assert rendered > 0, f"{name}: no equation was typeset by MathJax"
+    assert page.locator(".merror, .MathJax_Error").count() == 0, f"{name}: MathJax reports a TeX error"
+    text = page.evaluate(VISIBLE_TEXT)
+    for raw in ("$$", "\\(", "\\[", "\\begin{"):
+        assert raw not in text, f"{name}: raw math {raw!r} left in the page: ...{text[text.find(raw) - 80:][:200]}"
+
+    loaded = page.evaluate("""() => [...document.querySelectorAll('article img')]
+        .filter(img => img.complete && img.naturalWidth > 0).length""")
+    assert loaded >= 1, f"{name}: no figure on the page"
+
+    repo = CONFIG["repository"]["url"].removeprefix("https://github.com/")
+    colab = f"https://colab.research.google.com/github/{repo}/blob/{CONFIG['repository']['branch']}/{chapter}.ipynb"
+    assert page.locator(f'a[href="{colab}"]').count() >= 1, f"{name}: no Colab link to {colab}"
+
+    title = page.locator("article h1").first.inner_text()
+    words = [w for w in re.findall(r"[A-Za-z]{4,}", title)]
+    page.goto(base + "search.html?q=" + "+".join(words), wait_until="load")
+    page.wait_for_function("() => document.querySelector('#search-results .search-summary, "
+                           "#search-results p')", timeout=30_000)
+    hits = page.eval_on_selector_all("#search-results ul.search li a", "links => links.map(a => a.href)")
+    assert any(f"{chapter}.html" in h for h in hits), f"{name}: searching {words} found only {hits[:5]}"
+    assert not errors, f"{name}: JavaScript errors: {errors}"
+    assert not blocked, f"pages tried to reach other hosts: {sorted(set(blocked))[:5]}"
+    page.close()
