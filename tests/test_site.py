@@ -109,7 +109,8 @@ def browser(site):
 VISIBLE_TEXT = """() => {
     const article = document.querySelector('article') || document.body;
     const copy = article.cloneNode(true);
-    copy.querySelectorAll('pre, code, script, .MathJax, .MathJax_Display, .MathJax_Preview').forEach(e => e.remove());
+    copy.querySelectorAll('pre, code, script, .MathJax, .MathJax_Display, .MathJax_Preview')
+        .forEach(e => e.remove());
     return copy.innerText;
 }"""
 MATHJAX_DONE = """() => new Promise(resolve => MathJax.Hub.Queue(() => resolve(true)))"""
@@ -131,7 +132,8 @@ def test_chapter_page_in_a_browser(browser, chapter):
     assert page.locator(".merror, .MathJax_Error").count() == 0, f"{name}: MathJax reports a TeX error"
     text = page.evaluate(VISIBLE_TEXT)
     for raw in ("$$", "\\(", "\\[", "\\begin{"):
-        assert raw not in text, f"{name}: raw math {raw!r} left in the page: ...{text[text.find(raw) - 80:][:200]}"
+        context = text[max(text.find(raw) - 80, 0):][:200]
+        assert raw not in text, f"{name}: raw math {raw!r} left in the page: ...{context}"
 
     loaded = page.evaluate("""() => [...document.querySelectorAll('article img')]
         .filter(img => img.complete && img.naturalWidth > 0).length""")
