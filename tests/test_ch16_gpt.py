@@ -90,3 +90,32 @@ def test_sliding_windows_score_every_target_once(n, T, stride):
     assert torch.equal(positions.sort().values, torch.arange(n)), "each target must be scored exactly once"
     later = torch.arange(T).expand_as(scored)[1:][scored[1:]]  # context of the targets after window 0
     assert later.numel() == 0 or later.min() >= T - stride, "later windows must score only well-fed positions"
+
+
+def test_tanh_gelu_is_close_to_exact():
+    z = torch.linspace(-10, 10, 200_001, dtype=torch.float64)
+    gap = (nn.functional.gelu(z, approximate="tanh") - nn.functional.gelu(z)).abs().max().item()
+    assert 1e-5 < gap < 1e-3  # an approximation, but a close one
+
+
+@torch.no_grad()
+def char_losses(model, source, n_ctx, *, stride=None, batch_size=256):
+    starts, scored = windows(len(source) - 1, n_ctx, stride or n_ctx)
+    assert scored.sum() == len(source) - 1
+    offsets = starts[:, None] + torch.arange(n_ctx)
+    nll = torch.full((len(source) - 1,), float("nan"))
+    for k in range(0, len(starts), batch_size):
+        pos, keep = offsets[k:k + batch_size], scored[k:k + batch_size]
+        logits = model(source[pos])
+        nll[pos[keep]] = nn.functional.cross_entropy(logits[keep], source[pos[keep] + 1], reduction="none")
+    assert not nll.isnan().any()
+    return nll
+
+
+@pytest.mark.parametrize("n,T,stride,batch", [(500, 16, 8, 7), (301, 32, 32, 256), (100, 10, 3, 4)])
+def test_char_losses_score_each_character_with_its_own_target(n, T, stride, batch):
+    torch.manual_seed(1)
+    bigram = nn.Embedding(20, 20)  # logits depend on the current character only, not on the window
+    source = torch.randint(0, 20, (n,))
+    direct = nn.functional.cross_entropy(bigram(source[:-1]), source[1:], reduction="none")
+    torch.testing.assert_close(char_losses(bigram, source, T, stride=stride, batch_size=batch), direct)
