@@ -1,4 +1,4 @@
-"""Chapter 16 checks: the GPT parameter formula, published sizes, causality, weight tying."""
+"""Chapter 16 checks: parameter formula, published sizes, rotary positions, causality, weight tying."""
 
 import math
 
@@ -6,15 +6,15 @@ import pytest
 import torch
 from torch import nn
 
-from nnbook.attention import MultiHeadAttention
+from nnbook.attention import MultiHeadAttention, apply_rotary, rotary_angles
 
 
 class Block(nn.Module):
-    def __init__(self, d, n_head):
+    def __init__(self, d, n_head, rotary):
         super().__init__()
         self.ln_1, self.ln_2 = nn.LayerNorm(d), nn.LayerNorm(d)
-        self.attn = MultiHeadAttention(d_model=d, n_heads=n_head)
-        self.mlp = nn.Sequential(nn.Linear(d, 4 * d), nn.GELU(approximate="tanh"), nn.Linear(4 * d, d))
+        self.attn = MultiHeadAttention(d_model=d, n_heads=n_head, rotary=rotary)
+        self.mlp = nn.Sequential(nn.Linear(d, 4 * d), nn.GELU(), nn.Linear(4 * d, d))
 
     def forward(self, h):
         h = h + self.attn(self.ln_1(h), causal=True)
@@ -22,30 +22,43 @@ class Block(nn.Module):
 
 
 class GPT(nn.Module):
-    def __init__(self, *, V, n_ctx, L, d, n_head):
+    def __init__(self, *, V, n_ctx, L, d, n_head, rotary=True):
         super().__init__()
-        self.tok_emb, self.pos_emb = nn.Embedding(V, d), nn.Embedding(n_ctx, d)
-        self.blocks = nn.Sequential(*[Block(d, n_head) for _ in range(L)])
+        self.tok_emb, self.pos_emb = nn.Embedding(V, d), None if rotary else nn.Embedding(n_ctx, d)
+        self.blocks = nn.Sequential(*[Block(d, n_head, rotary) for _ in range(L)])
         self.ln_f = nn.LayerNorm(d)
         self.head = nn.Linear(d, V, bias=False)
         self.head.weight = self.tok_emb.weight
 
     def forward(self, x):
-        h = self.tok_emb(x) + self.pos_emb(torch.arange(x.shape[1]))
+        h = self.tok_emb(x)
+        if self.pos_emb is not None:
+            h = h + self.pos_emb(torch.arange(x.shape[1]))
         return self.head(self.ln_f(self.blocks(h)))
 
 
-def n_params_formula(*, V, n_ctx, L, d):
-    return V * d + n_ctx * d + L * (12 * d * d + 13 * d) + 2 * d
+def n_params_formula(*, V, n_ctx, L, d, learned_positions=True):
+    return V * d + (n_ctx * d if learned_positions else 0) + L * (12 * d * d + 13 * d) + 2 * d
+
+
+def rotate(u, m, base=10_000.0):
+    out = u.clone()
+    for i in range(len(u) // 2):
+        phi = m * base ** (-2 * i / len(u))
+        R = torch.tensor([[math.cos(phi), -math.sin(phi)], [math.sin(phi), math.cos(phi)]], dtype=u.dtype)
+        out[2 * i:2 * i + 2] = R @ u[2 * i:2 * i + 2]
+    return out
 
 
 def count(model):
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-@pytest.mark.parametrize("V,n_ctx,L,d,h", [(76, 64, 4, 64, 4), (50, 32, 2, 48, 3), (1000, 128, 6, 96, 8)])
-def test_formula_equals_model_count(V, n_ctx, L, d, h):
-    assert count(GPT(V=V, n_ctx=n_ctx, L=L, d=d, n_head=h)) == n_params_formula(V=V, n_ctx=n_ctx, L=L, d=d)
+@pytest.mark.parametrize("rotary", [True, False])
+@pytest.mark.parametrize("V,n_ctx,L,d,h", [(76, 128, 3, 64, 4), (50, 32, 2, 48, 3), (1000, 128, 6, 96, 8)])
+def test_formula_equals_model_count(V, n_ctx, L, d, h, rotary):
+    want = n_params_formula(V=V, n_ctx=n_ctx, L=L, d=d, learned_positions=not rotary)
+    assert count(GPT(V=V, n_ctx=n_ctx, L=L, d=d, n_head=h, rotary=rotary)) == want
 
 
 def test_published_sizes():
@@ -55,12 +68,27 @@ def test_published_sizes():
     assert round(gpt1 / 1e6) == 117
     assert round(n_params_formula(V=50_257, n_ctx=2048, L=96, d=12288) / 1e9) == 175
     with torch.device("meta"):
-        assert count(GPT(V=50_257, n_ctx=1024, L=12, d=768, n_head=12)) == 124_439_808
+        assert count(GPT(V=50_257, n_ctx=1024, L=12, d=768, n_head=12, rotary=False)) == 124_439_808
 
 
-def test_causal_and_tied_and_uniform_at_init():
+@pytest.mark.parametrize("d_h", [8, 16])
+def test_rotation_written_out_equals_the_library_and_depends_on_offsets(d_h):
+    g = torch.Generator().manual_seed(2)
+    q, k = torch.randn(2, d_h, dtype=torch.float64, generator=g)
+    rotation = rotary_angles(256, d_h)
+    for m in [0, 1, 77, 255]:
+        torch.testing.assert_close(rotate(q, m), apply_rotary(q, rotation[m]), atol=1e-5, rtol=1e-5)
+    scores = [rotate(q, m) @ rotate(k, m - 3) for m in (3, 50, 255)]
+    for s in scores[1:]:
+        torch.testing.assert_close(s, scores[0])  # (16.7): the offset, not the position
+    assert abs(rotate(q, 50) @ rotate(k, 46) - scores[0]) > 1e-3
+    torch.testing.assert_close(rotate(q, 77).norm(), q.norm())
+
+
+@pytest.mark.parametrize("rotary", [True, False])
+def test_causal_and_tied_and_uniform_at_init(rotary):
     torch.manual_seed(0)
-    model = GPT(V=76, n_ctx=64, L=2, d=32, n_head=4)
+    model = GPT(V=76, n_ctx=64, L=2, d=32, n_head=4, rotary=rotary)
     for m in model.modules():
         if isinstance(m, (nn.Linear, nn.Embedding)):
             nn.init.normal_(m.weight, 0, 0.02)
@@ -90,12 +118,6 @@ def test_sliding_windows_score_every_target_once(n, T, stride):
     assert torch.equal(positions.sort().values, torch.arange(n)), "each target must be scored exactly once"
     later = torch.arange(T).expand_as(scored)[1:][scored[1:]]  # context of the targets after window 0
     assert later.numel() == 0 or later.min() >= T - stride, "later windows must score only well-fed positions"
-
-
-def test_tanh_gelu_is_close_to_exact():
-    z = torch.linspace(-10, 10, 200_001, dtype=torch.float64)
-    gap = (nn.functional.gelu(z, approximate="tanh") - nn.functional.gelu(z)).abs().max().item()
-    assert 1e-5 < gap < 1e-3  # an approximation, but a close one
 
 
 @torch.no_grad()

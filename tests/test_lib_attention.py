@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from nnbook.attention import MultiHeadAttention, attention_mask
+from nnbook.attention import MultiHeadAttention, apply_rotary, attention_mask, rotary_angles
 
 
 def _pair(d_model=16, n_heads=4, seed=0):
@@ -75,3 +75,59 @@ def test_errors_say_what_was_expected():
     with pytest.raises(ValueError, match="causal mask"):
         attention_mask(3, 4, causal=True)
     assert attention_mask(3, 3) is None
+    with pytest.raises(ValueError, match="even head size"):
+        MultiHeadAttention(d_model=12, n_heads=4, rotary=True)
+    with pytest.raises(ValueError, match="self-attention"):
+        MultiHeadAttention(d_model=8, n_heads=2, rotary=True)(torch.randn(1, 3, 8), torch.randn(1, 4, 8))
+
+
+def test_rotary_is_a_rotation_by_position_times_frequency():
+    rotation = rotary_angles(5, 8)
+    assert rotation.shape == (5, 4) and rotation.is_complex()
+    theta = 10_000.0 ** (-torch.arange(0, 8, 2) / 8)
+    wrapped = torch.remainder(3 * theta + torch.pi, 2 * torch.pi) - torch.pi  # angles in (-pi, pi]
+    torch.testing.assert_close(rotation[3].angle(), wrapped)
+    x = torch.randn(2, 5, 8, dtype=torch.float64)
+    r = apply_rotary(x, rotation)
+    assert r.dtype == x.dtype and r.shape == x.shape
+    torch.testing.assert_close(r[:, 0], x[:, 0])  # position 0: angle 0
+    torch.testing.assert_close(r.norm(dim=-1), x.norm(dim=-1))  # rotations keep lengths
+    for m, j in [(2, 1), (4, 0), (1, 3)]:  # pair j is (x_2j, x_2j+1): a 2-D rotation by m * theta_j
+        a = m * theta[j].double()
+        R = torch.stack([torch.stack([a.cos(), -a.sin()]), torch.stack([a.sin(), a.cos()])])
+        torch.testing.assert_close(r[:, m, 2 * j:2 * j + 2], x[:, m, 2 * j:2 * j + 2] @ R.T)
+    torch.testing.assert_close(apply_rotary(x.transpose(0, 1).contiguous().transpose(0, 1), rotation), r)
+    half = apply_rotary(x.to(torch.bfloat16), rotation)
+    assert half.dtype == torch.bfloat16 and (half.double() - r).abs().max() < 0.05
+
+
+def test_rotary_scores_depend_only_on_the_offset():
+    g = torch.Generator().manual_seed(0)
+    q, k = torch.randn(2, 16, dtype=torch.float64, generator=g)
+    rotation = rotary_angles(40, 16)
+    def score(m, n):  # query at position m, key at position n
+        return apply_rotary(q, rotation[m]) @ apply_rotary(k, rotation[n])
+    for m, n, shift in [(5, 2, 30), (9, 9, 17), (3, 0, 36)]:
+        torch.testing.assert_close(score(m, n), score(m + shift, n + shift))
+    assert not torch.allclose(score(5, 2), score(5, 3))
+
+
+def test_rotary_attention_equals_rotating_by_hand_and_stays_causal():
+    torch.manual_seed(0)
+    rot = MultiHeadAttention(d_model=16, n_heads=2, rotary=True).double()
+    x = torch.randn(2, 6, 16, dtype=torch.float64)
+    fused = rot(x, causal=True)
+    explicit, w = rot(x, causal=True, need_weights=True)
+    torch.testing.assert_close(fused, explicit)
+    q, k, v = rot.in_proj(x).split(16, dim=-1)
+    q, k, v = rot._split(q), rot._split(k), rot._split(v)
+    rotation = rotary_angles(6, 8)
+    scores = apply_rotary(q, rotation) @ apply_rotary(k, rotation).transpose(-2, -1) / 8**0.5
+    want = scores.masked_fill(torch.ones(6, 6).bool().triu(1), float("-inf")).softmax(-1)
+    torch.testing.assert_close(w, want)
+    y = x.clone()
+    y[:, 4:] = 3.0
+    torch.testing.assert_close(rot(y, causal=True)[:, :4], fused[:, :4])
+    plain = MultiHeadAttention(d_model=16, n_heads=2).double()
+    plain.load_state_dict(rot.state_dict())  # same parameters: rotary adds none
+    assert not torch.allclose(plain(x, causal=True), fused)
