@@ -5,7 +5,7 @@ asserts that its version agrees with :class:`MultiHeadAttention`; chapters 14 an
 their models from it. The computation is that of Vaswani et al. (2017), "Attention is all you
 need": ``softmax(Q K^T / sqrt(d_k) + mask) V`` per head, heads concatenated and projected.
 Optionally, queries and keys are rotated by their positions first (rotary position embedding,
-Su et al. 2021, "RoFormer"), which chapter 16 derives and uses.
+Su et al., "RoFormer", 2021), which chapter 16 derives and uses.
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ def rotary_angles(
         raise ValueError(f"rotary embeddings rotate pairs of coordinates: d_head must be even; got {d_head}")
     theta = base ** (-torch.arange(0, d_head, 2, dtype=torch.float32, device=device) / d_head)  # (d_head/2,)
     angles = torch.arange(n_positions, dtype=torch.float32, device=device)[:, None] * theta  # (T, d_head/2)
-    return torch.polar(torch.ones_like(angles), angles)
+    return torch.complex(angles.cos(), angles.sin())
 
 
 def apply_rotary(x: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
