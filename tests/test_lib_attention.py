@@ -97,6 +97,8 @@ def test_rotary_is_a_rotation_by_position_times_frequency():
         R = torch.stack([torch.stack([a.cos(), -a.sin()]), torch.stack([a.sin(), a.cos()])])
         torch.testing.assert_close(r[:, m, 2 * j:2 * j + 2], x[:, m, 2 * j:2 * j + 2] @ R.T)
     torch.testing.assert_close(apply_rotary(x.transpose(0, 1).contiguous().transpose(0, 1), rotation), r)
+    odd = torch.cat([torch.zeros(2, 5, 1, dtype=torch.float64), x], dim=-1)[..., 1:]  # odd strides
+    torch.testing.assert_close(apply_rotary(odd, rotation), r)  # a layout complex numbers cannot view: copied
     half = apply_rotary(x.to(torch.bfloat16), rotation)
     assert half.dtype == torch.bfloat16 and (half.double() - r).abs().max() < 0.05
 
