@@ -47,3 +47,28 @@ def offline_index(tmp_path_factory) -> Path:
 def offline_pip(index: Path) -> list[str]:
     """pip arguments that forbid the network and read packages from ``index`` only."""
     return ["--no-index", "--find-links", str(index)]
+
+
+def _build_book_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("build_book", ROOT / "tools" / "build_book.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def build_book():
+    """``tools/build_book.py`` as a module: the same execution code the book's build uses."""
+    return _build_book_module()
+
+
+@pytest.fixture(scope="session")
+def smoke_book(tmp_path_factory) -> dict:
+    """Where this session's smoke executions go: each chapter is executed once, by
+    tests/test_notebooks.py, and the site test renders those same executions.
+
+    Returns ``{"out": output root, "runs": {chapter name: run info}}``.
+    """
+    return {"out": tmp_path_factory.mktemp("smoke-book"), "runs": {}}

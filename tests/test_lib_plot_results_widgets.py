@@ -47,17 +47,35 @@ def test_heatmap_shows_the_matrix():
     assert [t.get_text() for t in ax.get_xticklabels()] == ["a", "b", "c"]
 
 
-def test_record_writes_json_and_collect_reads_it(tmp_path, monkeypatch, capsys):
+def test_expect_records_prints_and_checks_only_in_full_mode(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("NNBOOK_RESULTS", str(tmp_path))
     monkeypatch.setenv("NNBOOK_MODE", "smoke")
-    entry = results.record("99_demo", "accuracy", 0.987654, target=">= 0.98", met=True, params=1234,
-                           train_seconds=12.345)
-    assert "99_demo: accuracy = 0.9877  target >= 0.98  (target met)" in capsys.readouterr().out
+    entry = results.expect("99_demo", "accuracy", 0.5, at_least=0.98, params=1234, train_seconds=12.345)
+    out = capsys.readouterr().out
+    assert "99_demo: accuracy = 0.5 (test split), target >= 0.98" in out and "not checked" in out
     saved = json.loads((tmp_path / "99_demo.json").read_text())
     assert saved == entry and saved["mode"] == "smoke" and saved["train_seconds"] == 12.3
-    results.record("98_other", "loss", 2.0, met=False)
-    assert "TARGET NOT MET" in capsys.readouterr().out
+    assert saved["met"] is False and saved["checked"] is False and saved["split"] == "test"
+    monkeypatch.setenv("NNBOOK_MODE", "full")
+    assert results.expect("98_other", "loss", 1.5, at_most=1.75)["met"] is True
+    assert "(target met)" in capsys.readouterr().out
+    with pytest.raises(results.TargetMissed, match=r"loss = 1.8 misses the stated target <= 1.75"):
+        results.expect("98_other", "loss", 1.8, at_most=1.75)
+    assert "TARGET MISSED" in capsys.readouterr().out
+    assert json.loads((tmp_path / "98_other.json").read_text())["met"] is False  # recorded before raising
     assert sorted(results.collect(tmp_path)) == ["98_other", "99_demo"]
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(), "exactly one of at_least and at_most"),
+    (dict(at_least=0.9, at_most=1.0), "exactly one of at_least and at_most"),
+    (dict(at_least=0.9, value=float("nan")), "must be a finite number"),
+])
+def test_expect_rejects_unclear_targets(tmp_path, monkeypatch, kwargs, message):
+    monkeypatch.setenv("NNBOOK_RESULTS", str(tmp_path))
+    value = kwargs.pop("value", 0.95)
+    with pytest.raises(ValueError, match=message):
+        results.expect("97_bad", "accuracy", value, **kwargs)
 
 
 def test_interactive_is_a_note_in_the_site_build_and_sliders_elsewhere(monkeypatch, capsys):
@@ -75,11 +93,18 @@ def test_interactive_is_a_note_in_the_site_build_and_sliders_elsewhere(monkeypat
     assert w is not None and calls == [0.0]  # ipywidgets draws once with the initial value
 
 
-def test_exercise_check():
-    def test(answer):
-        assert answer == 42, f"expected 42, got {answer}"
+def test_exercise_check(capsys):
+    def test(fn):
+        assert fn(6) == 42, f"expected 42, got {fn(6)}"
 
-    assert exercises.check("Exercise 1", None, test) is None
-    assert exercises.check("Exercise 1", 42, test) is True
+    def stub(x):
+        raise NotImplementedError
+
+    assert exercises.check("Exercise 1", stub, test) is None
+    assert "not attempted yet" in capsys.readouterr().out
+    assert exercises.check("Exercise 1", lambda x: 7 * x, test) is True
+    assert "Exercise 1: correct" in capsys.readouterr().out
     with pytest.raises(AssertionError, match="expected 42, got 41"):
-        exercises.check("Exercise 1", 41, test)
+        exercises.check("Exercise 1", lambda x: 41, test)
+    with pytest.raises(TypeError, match="answer must be a function; got int"):
+        exercises.check("Exercise 1", 42, test)  # a result passed where the function is expected

@@ -50,6 +50,7 @@ def test_site_build_flag(monkeypatch):
 
 
 def test_device_prefers_cuda_then_mps_then_cpu(monkeypatch):
+    monkeypatch.delenv("NNBOOK_DEVICE", raising=False)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert runtime.device().type == "cuda"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
@@ -57,6 +58,46 @@ def test_device_prefers_cuda_then_mps_then_cpu(monkeypatch):
     assert runtime.device().type == "mps"
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
     assert runtime.device().type == "cpu"
+
+
+def test_device_override_wins_and_is_checked(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setenv("NNBOOK_DEVICE", "cpu")
+    assert runtime.device() == torch.device("cpu")  # chosen over the CUDA device present
+    monkeypatch.setenv("NNBOOK_DEVICE", "cuda:1")
+    assert runtime.device() == torch.device("cuda", 1)
+    monkeypatch.setenv("NNBOOK_DEVICE", "cuda:2")
+    with pytest.raises(ValueError, match="no such device"):
+        runtime.device()
+    monkeypatch.setenv("NNBOOK_DEVICE", "gpu please")
+    with pytest.raises(ValueError, match="must name a device"):
+        runtime.device()
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    monkeypatch.setenv("NNBOOK_DEVICE", "mps")
+    with pytest.raises(ValueError, match="no such device"):
+        runtime.device()
+
+
+def test_seed_offset_shifts_every_seed(monkeypatch):
+    monkeypatch.delenv("NNBOOK_SEED", raising=False)
+    runtime.seed_everything(3)
+    at_3 = float(torch.rand(1))
+    runtime.seed_everything(4)
+    at_4 = float(torch.rand(1))
+    monkeypatch.setenv("NNBOOK_SEED", "1")
+    runtime.seed_everything(3)
+    assert float(torch.rand(1)) == at_4 != at_3
+    assert "seed offset=1" in runtime.describe()
+    from nnbook.train import TensorLoader
+
+    shifted = [b[0].tolist() for b in TensorLoader(torch.arange(10), batch_size=10, shuffle=True, seed=0)]
+    monkeypatch.setenv("NNBOOK_SEED", "0")
+    plain = [b[0].tolist() for b in TensorLoader(torch.arange(10), batch_size=10, shuffle=True, seed=1)]
+    assert shifted == plain
+    monkeypatch.setenv("NNBOOK_SEED", "one")
+    with pytest.raises(ValueError, match="NNBOOK_SEED must be an integer"):
+        runtime.seed_everything(0)
 
 
 def test_seed_everything_repeats_every_generator():

@@ -41,12 +41,20 @@ def test_char_vocab_round_trip_and_errors():
         vocab.encode("zap")
 
 
-def test_train_val_split_keeps_order():
-    ids = torch.arange(100)
-    train, val = text.train_val_split(ids, 0.1)
-    assert train.tolist() == list(range(90)) and val.tolist() == list(range(90, 100))
-    with pytest.raises(ValueError):
-        text.train_val_split(ids, 1.5)
+def test_train_val_test_split_keeps_text_order():
+    ids = torch.arange(1000)
+    train, val, test = text.train_val_test_split(ids)
+    assert train.tolist() == list(range(850)) and val.tolist() == list(range(850, 900))
+    assert test.tolist() == list(range(900, 1000))
+    train, val, test = text.train_val_test_split(ids, val_fraction=0.1, test_fraction=0.2)
+    assert (len(train), len(val), len(test)) == (700, 100, 200)
+    for kwargs, message in [(dict(val_fraction=1.5), "val_fraction must be in"),
+                            (dict(test_fraction=0), "test_fraction must be in"),
+                            (dict(val_fraction=0.5, test_fraction=0.5), "must be below 1")]:
+        with pytest.raises(ValueError, match=message):
+            text.train_val_test_split(ids, **kwargs)
+    with pytest.raises(ValueError, match=r"ids must be 1-D \(N,\); got \(10, 100\)"):
+        text.train_val_test_split(ids.view(10, 100))
 
 
 def test_sunspots_and_co2():

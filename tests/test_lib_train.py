@@ -125,3 +125,19 @@ def test_count_parameters():
     assert count_parameters(model) == 8 == nnbook.count_parameters(model)
     model.bias.requires_grad_(False)
     assert count_parameters(model) == 6
+
+
+def test_bad_arguments_are_named():
+    x, y = torch.randn(8, 2), torch.zeros(8, dtype=torch.long)
+    with pytest.raises(ValueError, match="batch_size must be a positive int; got 0"):
+        TensorLoader(x, y, batch_size=0)
+    with pytest.raises(ValueError, match=r"share their first dimension; got \[\(8, 2\), \(7,\)\]"):
+        TensorLoader(x, y[:7], batch_size=4)
+    with pytest.raises(ValueError, match="at least one dimension"):
+        TensorLoader(torch.tensor(3.0), batch_size=1)
+    model = nn.Linear(2, 2)
+    sgd = torch.optim.SGD(model.parameters(), 0.1)
+    with pytest.raises(ValueError, match="epochs must be a positive int; got 0"):
+        fit(model, TensorLoader(x, y, batch_size=4), epochs=0, optimizer=sgd)
+    with pytest.raises(ValueError, match="at least one batch"):
+        evaluate(model, [])

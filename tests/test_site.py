@@ -1,4 +1,5 @@
-"""The website, built in smoke mode and opened in headless Chromium, with the network cut off.
+"""The website, rendered from the session's smoke executions and opened in headless Chromium,
+with the network cut off.
 
 On each chapter page: equations rendered by the bundled MathJax (no raw `$$` or `\\(` left), at
 least one figure, the Colab link, and the site's search finds the chapter by its title. Without
@@ -13,8 +14,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
-import sys
 import threading
 from pathlib import Path
 
@@ -41,14 +40,26 @@ def chromium_path() -> str | None:
 
 
 @pytest.fixture(scope="module")
-def site(tmp_path_factory) -> Path:
-    """Build the site in smoke mode (executions cached as in `make book`); return its html dir."""
-    out = tmp_path_factory.mktemp("site")
-    done = subprocess.run([sys.executable, str(ROOT / "tools" / "build_book.py"), "--mode", "smoke",
-                           "--out", str(out)], cwd=ROOT, capture_output=True, text=True)
-    print(done.stdout[-3000:])
-    assert done.returncode == 0, f"site build failed:\n{done.stdout[-6000:]}\n{done.stderr[-3000:]}"
-    assert "Chapters in smoke mode" in done.stdout  # the end-of-build table was printed
+def site(build_book, smoke_book) -> Path:
+    """Render the site from this session's smoke executions (tests/test_notebooks.py); a chapter
+    not executed yet in this session (e.g. when this file runs alone) is executed now."""
+    out = smoke_book["out"]
+    saved = dict(os.environ)
+    try:
+        for notebook in build_book.chapters():
+            if notebook.stem not in smoke_book["runs"]:
+                smoke_book["runs"][notebook.stem] = build_book.run_chapter(
+                    notebook, "smoke", out, store=build_book.cache_dir())
+        failed = [name for name, run in smoke_book["runs"].items() if not run["succeeded"]]
+        assert not failed, f"chapters failed to execute, so the site cannot be built: {failed}"
+        code = build_book.render(out)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    text, missing = build_book.table(smoke_book["runs"], out / "_build" / "results")
+    print(text)
+    assert code == 0, f"the site build failed (exit code {code}); see the captured output"
+    assert not missing, f"chapters that stated no result: {missing}"
     return out / "_build" / "html"
 
 

@@ -12,19 +12,25 @@ Two stages:
    ``OUT/_build/html``, strictly: any Sphinx warning fails the build.
 
 The build ends with one row per chapter: execution seconds and the headline result the chapter
-recorded with ``nnbook.record``.
+states with ``nnbook.expect``.
 
 Execution cache. An executed notebook is stored, with its recorded result and its time, under
 ``$NNBOOK_EXEC_CACHE`` (default ``~/.cache/nnbook/executed``), keyed by a SHA-256 of everything
-that can change its outputs: the mode, the notebook file, every file of the ``nnbook`` library,
-``requirements.txt`` and ``pyproject.toml``. When nothing of that changed since the last build,
-the stored execution is reused and the table says so (with its date). Pass ``--fresh`` (or set
-``NNBOOK_EXEC_CACHE=off``) to execute everything regardless.
+that can change its outputs: the mode, the notebook file, the ``nnbook`` modules it imports
+(directly or through other modules of the library), ``requirements.txt`` and ``pyproject.toml``.
+When nothing of that changed since the last build, the stored execution is reused and the table
+says so (with its date). Pass ``--fresh`` (or set ``NNBOOK_EXEC_CACHE=off``) to execute
+everything regardless. The test suite executes every chapter in smoke mode on each run (and
+stores those executions, which its site build then reuses), so a lib change that a full-mode
+chapter does not import is still run against that chapter, in smoke mode.
+
+The cell timeout is ``execute.timeout`` in ``_config.yml``, the one place it is set.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import hashlib
 import json
 import os
@@ -39,7 +45,11 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE_VARIABLE = "NNBOOK_EXEC_CACHE"
-TIMEOUT = 1200  # seconds per cell
+
+
+def cell_timeout() -> int:
+    """Seconds a cell may run: ``execute.timeout`` of ``_config.yml``."""
+    return int(yaml.safe_load((ROOT / "_config.yml").read_text())["execute"]["timeout"])
 
 
 def chapters() -> list[Path]:
@@ -49,11 +59,62 @@ def chapters() -> list[Path]:
     return [ROOT / f"{f}.ipynb" for f in files if (ROOT / f"{f}.ipynb").is_file()]
 
 
+def _imported_lib_modules(source: str, package: str = "nnbook") -> set[str]:
+    """Names (``"nnbook.mnist"``) of the library modules a piece of Python imports."""
+    lines = [line for line in source.splitlines() if not line.lstrip().startswith(("%", "!"))]
+    found = set()
+    for node in ast.walk(ast.parse("\n".join(lines))):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.split(".")[0] == "nnbook"}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # relative import inside the library
+                parts = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(parts + ([base] if base else []))
+            if base.split(".")[0] == "nnbook":
+                found.add(base)
+                found |= {f"{base}.{a.name}" for a in node.names}  # `from nnbook import mnist`
+    return found
+
+
+def _module_file(name: str, lib: Path) -> Path | None:
+    parts = name.split(".")[1:]
+    if not parts:
+        return lib / "__init__.py"
+    relative = Path(*parts)
+    for candidate in (lib / relative / "__init__.py", lib / relative.with_suffix(".py")):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def lib_dependencies(notebook: Path, lib: Path | None = None) -> list[Path]:
+    """The library files a notebook imports, directly or through other library modules.
+
+    Importing ``nnbook.x`` also runs the package's ``__init__``, so that is always included.
+    """
+    lib = lib or ROOT / "lib" / "nnbook"
+    nb = nbformat.read(notebook, as_version=4)
+    code = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
+    todo = _imported_lib_modules(code) | ({"nnbook"} if "nnbook" in code else set())
+    files: set[Path] = set()
+    while todo:
+        name = todo.pop()
+        for prefix in [".".join(name.split(".")[:i]) for i in range(1, name.count(".") + 2)]:
+            path = _module_file(prefix, lib)
+            if path is None or path in files:
+                continue
+            files.add(path)
+            package = prefix if path.name == "__init__.py" else prefix.rsplit(".", 1)[0]
+            todo |= _imported_lib_modules(path.read_text(), package)
+    return sorted(files)
+
+
 def inputs_key(notebook: Path, mode: str) -> str:
     """SHA-256 of everything an execution depends on."""
     h = hashlib.sha256(f"mode={mode}\n".encode())
     deps = [notebook, ROOT / "requirements.txt", ROOT / "pyproject.toml",
-            *sorted((ROOT / "lib").rglob("*.py"))]
+            *lib_dependencies(notebook, ROOT / "lib" / "nnbook")]
     for path in deps:
         h.update(str(path.relative_to(ROOT)).encode() + b"\0" + path.read_bytes() + b"\0")
     return h.hexdigest()
@@ -72,7 +133,7 @@ def execute(notebook: Path, mode: str, results: Path) -> tuple[nbformat.Notebook
     from nbclient.exceptions import CellExecutionError
 
     nb = nbformat.read(notebook, as_version=4)
-    client = NotebookClient(nb, timeout=TIMEOUT, kernel_name="python3",
+    client = NotebookClient(nb, timeout=cell_timeout(), kernel_name="python3",
                             resources={"metadata": {"path": str(notebook.parent)}})
     start = time.perf_counter()
     error = None
@@ -85,55 +146,78 @@ def execute(notebook: Path, mode: str, results: Path) -> tuple[nbformat.Notebook
     return nb, time.perf_counter() - start, error
 
 
-def run_chapters(mode: str, out: Path, *, use_cache: bool) -> tuple[dict, list[str]]:
-    """Stage 1: execute (or reuse) every chapter; write them into the staging source tree."""
-    results = out / "_build" / "results"
-    shutil.rmtree(results, ignore_errors=True)
-    results.mkdir(parents=True)
+def environment(mode: str, results: Path) -> None:
+    """The environment a chapter executes in (inherited by its kernel)."""
     os.environ.update(NNBOOK_MODE=mode, NNBOOK_SITE="1", NNBOOK_RESULTS=str(results),
                       MPLBACKEND="module://matplotlib_inline.backend_inline",
                       PYDEVD_DISABLE_FILE_VALIDATION="1")
+
+
+def run_chapter(notebook: Path, mode: str, out: Path, *, store: Path | None, reuse: bool = True) -> dict:
+    """Execute one chapter (or reuse its stored execution) into ``out/_build/source``.
+
+    Args:
+        notebook: the chapter's notebook.
+        mode: ``"full"`` or ``"smoke"``.
+        out: output root; the executed notebook goes to ``out/_build/source/notebooks/``, its
+            result to ``out/_build/results/``.
+        store: the execution cache (None: no cache).
+        reuse: take a stored execution when its key matches; False executes anyway (and
+            stores the new execution).
+
+    Returns:
+        ``{"seconds", "executed_at", "key", "succeeded", "cached", "error"}``.
+    """
+    name = notebook.stem
+    results = out / "_build" / "results"
+    results.mkdir(parents=True, exist_ok=True)
+    environment(mode, results)
+    key = inputs_key(notebook, mode)
+    entry = store / mode / f"{name}-{key[:20]}" if store else None
+    target = out / "_build" / "source" / notebook.relative_to(ROOT)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    (results / f"{name}.json").unlink(missing_ok=True)
+    if reuse and entry is not None and (entry / "meta.json").is_file():
+        meta = json.loads((entry / "meta.json").read_text())
+        shutil.copyfile(entry / "executed.ipynb", target)
+        if (entry / "result.json").is_file():
+            shutil.copyfile(entry / "result.json", results / f"{name}.json")
+        print(f"[{name}] unchanged since {meta['executed_at']}: reusing its execution "
+              f"({meta['seconds']:.1f} s then)", flush=True)
+        return dict(meta, cached=True, error=None)
+    print(f"[{name}] executing in {mode} mode ...", flush=True)
+    nb, seconds, error = execute(notebook, mode, results)
+    nbformat.write(nb, target)
+    meta = {"seconds": round(seconds, 1), "executed_at": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "key": key, "succeeded": error is None}
+    if error is not None:
+        print(f"[{name}] FAILED after {seconds:.1f} s:\n{error[-4000:]}", flush=True)
+        return dict(meta, cached=False, error=error)
+    print(f"[{name}] done in {seconds:.1f} s", flush=True)
+    if entry is not None:
+        tmp = entry.with_name(entry.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        shutil.copyfile(target, tmp / "executed.ipynb")
+        if (results / f"{name}.json").is_file():
+            shutil.copyfile(results / f"{name}.json", tmp / "result.json")
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+        for old in entry.parent.glob(f"{name}-*"):  # keep one entry per chapter and mode
+            if old != tmp:
+                shutil.rmtree(old, ignore_errors=True)
+        tmp.rename(entry)
+    return dict(meta, cached=False, error=None)
+
+
+def run_chapters(mode: str, out: Path, *, use_cache: bool) -> tuple[dict, list[str]]:
+    """Stage 1: execute (or reuse) every chapter; write them into the staging source tree."""
+    shutil.rmtree(out / "_build" / "results", ignore_errors=True)
     store = cache_dir() if use_cache else None
-    staged = out / "_build" / "source"
     info, failures = {}, []
     for notebook in chapters():
-        name = notebook.stem
-        key = inputs_key(notebook, mode)
-        entry = store / mode / f"{name}-{key[:20]}" if store else None
-        target = staged / notebook.relative_to(ROOT)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if entry is not None and (entry / "meta.json").is_file():
-            meta = json.loads((entry / "meta.json").read_text())
-            shutil.copyfile(entry / "executed.ipynb", target)
-            if (entry / "result.json").is_file():
-                shutil.copyfile(entry / "result.json", results / f"{name}.json")
-            info[name] = dict(meta, cached=True)
-            print(f"[{name}] unchanged since {meta['executed_at']}: reusing its execution "
-                  f"({meta['seconds']:.1f} s then)", flush=True)
-            continue
-        print(f"[{name}] executing in {mode} mode ...", flush=True)
-        nb, seconds, error = execute(notebook, mode, results)
-        nbformat.write(nb, target)
-        meta = {"seconds": round(seconds, 1), "executed_at": time.strftime("%Y-%m-%d %H:%M:%S"),
-                "key": key, "succeeded": error is None}
-        info[name] = dict(meta, cached=False)
-        if error is not None:
-            failures.append(name)
-            print(f"[{name}] FAILED after {seconds:.1f} s:\n{error[-4000:]}", flush=True)
-            continue
-        print(f"[{name}] done in {seconds:.1f} s", flush=True)
-        if entry is not None:
-            tmp = entry.with_name(entry.name + ".tmp")
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-            shutil.copyfile(target, tmp / "executed.ipynb")
-            if (results / f"{name}.json").is_file():
-                shutil.copyfile(results / f"{name}.json", tmp / "result.json")
-            (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
-            for old in entry.parent.glob(f"{name}-*"):  # keep one entry per chapter and mode
-                if old != tmp:
-                    shutil.rmtree(old, ignore_errors=True)
-            tmp.rename(entry)
+        info[notebook.stem] = run_chapter(notebook, mode, out, store=store)
+        if not info[notebook.stem]["succeeded"]:
+            failures.append(notebook.stem)
     return info, failures
 
 
@@ -147,9 +231,7 @@ def render(out: Path) -> int:
             shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             shutil.copyfile(src, dst)
-    config = yaml.safe_load((ROOT / "_config.yml").read_text())
-    config["execute"]["execute_notebooks"] = "off"  # executed in stage 1
-    (staged / "_config.yml").write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
+    shutil.copyfile(ROOT / "_config.yml", staged / "_config.yml")  # says execute_notebooks: off
     jb = Path(sys.executable).with_name("jupyter-book")
     command = [str(jb), "build", str(staged), "--path-output", str(out), "--all", "-W", "--keep-going"]
     print("$", " ".join(command), flush=True)

@@ -2,17 +2,17 @@
 
 Small modules, one topic each: ``runtime`` (device, seeds, full/smoke mode), ``cache`` (the
 checksummed data cache), ``mnist``, ``text`` (Shakespeare), ``series`` (sunspots, CO2),
-``train`` (``fit``/``evaluate``), ``plot`` and ``results``.
+``train`` (``fit``/``evaluate``), ``plot`` and ``results`` (``expect``, a chapter's stated result).
 """
 
-from .results import record
-from .runtime import autocast, describe, device, for_mode, is_smoke, mode, seed_everything
+from .results import TargetMissed, expect
+from .runtime import autocast, describe, device, for_mode, mode, seed_everything
 from .train import History, TensorLoader, count_parameters, evaluate, fit
 
 __version__ = "0.1.0"
 __all__ = [
-    "History", "TensorLoader", "autocast", "count_parameters", "describe", "device", "evaluate",
-    "fit", "for_mode", "is_smoke", "mode", "record", "seed_everything", "setup",
+    "History", "TargetMissed", "TensorLoader", "autocast", "count_parameters", "describe", "device",
+    "evaluate", "expect", "fit", "for_mode", "mode", "seed_everything", "setup",
 ]
 
 

@@ -36,6 +36,9 @@ def attention_mask(
     Shapes:
         Returns ``(B, 1, T, S)`` with padding, ``(T, S)`` causal only, or None for neither.
     """
+    for name, n in (("n_queries", n_queries), ("n_keys", n_keys)):
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"{name} must be a positive int; got {n!r}")
     if causal and n_queries != n_keys:
         raise ValueError(f"a causal mask needs as many queries as keys; got {n_queries} and {n_keys}")
     allowed = None
@@ -45,7 +48,9 @@ def attention_mask(
     if key_padding_mask is not None:
         if key_padding_mask.dim() != 2 or key_padding_mask.shape[1] != n_keys:
             raise ValueError(f"key_padding_mask must be (B, {n_keys}); got {tuple(key_padding_mask.shape)}")
-        keep = ~key_padding_mask.bool()[:, None, None, :]  # (B, 1, 1, S)
+        if key_padding_mask.dtype != torch.bool:
+            raise ValueError(f"key_padding_mask must be bool (True at padding); got {key_padding_mask.dtype}")
+        keep = ~key_padding_mask[:, None, None, :]  # (B, 1, 1, S)
         allowed = keep if allowed is None else keep & allowed
     return allowed
 
@@ -59,8 +64,11 @@ def rotary_angles(
     ``m`` is position ``m``, column ``j`` the ``j``-th pair of coordinates, whose angle turns fastest
     for ``j = 0`` (one radian per position) and slowest for the last pair.
     """
-    if d_head % 2:
-        raise ValueError(f"rotary embeddings rotate pairs of coordinates: d_head must be even; got {d_head}")
+    if isinstance(n_positions, bool) or not isinstance(n_positions, int) or n_positions < 1:
+        raise ValueError(f"n_positions must be a positive int; got {n_positions!r}")
+    if isinstance(d_head, bool) or not isinstance(d_head, int) or d_head < 2 or d_head % 2:
+        raise ValueError(f"rotary embeddings rotate pairs of coordinates: d_head must be a positive even "
+                         f"int; got {d_head!r}")
     theta = base ** (-torch.arange(0, d_head, 2, dtype=torch.float32, device=device) / d_head)  # (d_head/2,)
     angles = torch.arange(n_positions, dtype=torch.float32, device=device)[:, None] * theta  # (T, d_head/2)
     return torch.complex(angles.cos(), angles.sin())
@@ -73,6 +81,16 @@ def apply_rotary(x: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
     ``rotation[..., j]`` (from :func:`rotary_angles`): one complex product instead of the 2 x 2
     rotation matrix written out. ``x`` is ``(..., T, d_head)``, ``rotation`` ``(T, d_head / 2)``.
     """
+    if x.dim() < 1 or not x.is_floating_point() or x.shape[-1] % 2:
+        raise ValueError(f"x must be a floating tensor (..., T, d_head) with an even d_head; got {x.dtype} "
+                         f"of shape {tuple(x.shape)}")
+    d_half = x.shape[-1] // 2
+    lead = x.shape[x.dim() - rotation.dim():-1] if rotation.dim() <= x.dim() else None
+    if not rotation.is_complex() or rotation.shape[-1] != d_half or lead != rotation.shape[:-1]:
+        raise ValueError(f"x is {tuple(x.shape)}, so rotation must be complex (T, {d_half}) with T = "
+                         f"x.shape[-2] (from rotary_angles); got {rotation.dtype} {tuple(rotation.shape)}")
+    if rotation.device != x.device:
+        raise ValueError(f"rotation is on {rotation.device} but x on {x.device}")
     low_precision = x.dtype in (torch.float16, torch.bfloat16)
     pairs = (x.float() if low_precision else x).unflatten(-1, (-1, 2))  # (..., T, d_head/2, 2)
     try:
@@ -105,6 +123,9 @@ class MultiHeadAttention(nn.Module):
 
     def __init__(self, *, d_model: int, n_heads: int, bias: bool = True, rotary: bool = False):
         super().__init__()
+        for name, n in (("d_model", d_model), ("n_heads", n_heads)):
+            if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+                raise ValueError(f"{name} must be a positive int; got {n!r}")
         if d_model % n_heads:
             raise ValueError(f"d_model must be divisible by n_heads; got {d_model} and {n_heads}")
         self.d_model, self.n_heads, self.d_head = d_model, n_heads, d_model // n_heads
@@ -113,6 +134,39 @@ class MultiHeadAttention(nn.Module):
             raise ValueError(f"rotary embeddings need an even head size; got {self.d_head}")
         self.in_proj = nn.Linear(d_model, 3 * d_model, bias=bias)
         self.out_proj = nn.Linear(d_model, d_model, bias=bias)
+
+    def _check_inputs(self, query, key_value, key_padding_mask, causal) -> None:
+        """Raise ValueError naming the expected and the received shape, dtype or device."""
+        D, weight = self.d_model, self.in_proj.weight
+        if not isinstance(query, torch.Tensor) or query.dim() != 3 or query.shape[-1] != D:
+            got = tuple(query.shape) if isinstance(query, torch.Tensor) else type(query).__name__
+            raise ValueError(f"query must be (B, T, {D}); got {got}")
+        if query.dtype != weight.dtype:
+            raise ValueError(f"query must have the module's dtype {weight.dtype}; got {query.dtype}")
+        if query.device != weight.device:
+            raise ValueError(f"query is on {query.device} but the module on {weight.device}; move one "
+                             "of them (e.g. module.to(query.device))")
+        B, T = query.shape[:2]
+        S = T
+        if key_value is not None:
+            is_tensor = isinstance(key_value, torch.Tensor)
+            if not is_tensor or key_value.dim() != 3 or key_value.shape[0] != B or key_value.shape[-1] != D:
+                got = tuple(key_value.shape) if is_tensor else type(key_value).__name__
+                raise ValueError(f"key_value must be ({B}, S, {D}) for a query of shape "
+                                 f"{tuple(query.shape)}; got {got}")
+            if key_value.dtype != query.dtype or key_value.device != query.device:
+                raise ValueError(f"key_value must match the query's dtype and device ({query.dtype}, "
+                                 f"{query.device}); got {key_value.dtype} on {key_value.device}")
+            S = key_value.shape[1]
+        if causal and S != T:
+            raise ValueError(f"causal attention needs as many queries as keys; got {T} queries over {S} keys")
+        if key_padding_mask is not None:
+            if key_padding_mask.shape != (B, S) or key_padding_mask.dtype != torch.bool:
+                raise ValueError(f"key_padding_mask must be bool ({B}, {S}), True at padding; got "
+                                 f"{key_padding_mask.dtype} of shape {tuple(key_padding_mask.shape)}")
+            if key_padding_mask.device != query.device:
+                raise ValueError(f"key_padding_mask is on {key_padding_mask.device} but the query on "
+                                 f"{query.device}")
 
     def _split(self, x: torch.Tensor) -> torch.Tensor:
         B, T, _ = x.shape
@@ -128,6 +182,7 @@ class MultiHeadAttention(nn.Module):
         need_weights: bool = False,
     ):
         D = self.d_model
+        self._check_inputs(query, key_value, key_padding_mask, causal)
         if key_value is None:  # self-attention: one matmul for Q, K and V
             q, k, v = self.in_proj(query).split(D, dim=-1)
         else:

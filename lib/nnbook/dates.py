@@ -3,9 +3,10 @@
 Each example is a calendar date written in one of :data:`FORMATS` (``"Sunday, 22 November
 2026"``, ``"11/22/26"``, ``"22 nov. 2026"``, ...) paired with its ISO form ``"2026-11-22"``.
 Dates run from 1969-01-01 to 2068-12-31, so a two-digit year has one reading: Python's
-``strptime`` rule (``69``-``99`` mean 1969-1999, ``00``-``68`` mean 2000-2068). The split is
-held out *by date*: a seeded fifth of all calendar days appears only in the test split, so a
-model cannot pass the test by remembering training pairs. Every format is also a
+``strptime`` rule (``69``-``99`` mean 1969-1999, ``00``-``68`` mean 2000-2068). The splits are
+held out *by date*: a seeded fifth of all calendar days appears only in the test split and
+another tenth only in the validation split, so a model cannot pass either by remembering
+training pairs. Every format is also a
 ``strptime`` pattern (:data:`STRPTIME`), which the tests use to check the generator.
 
 The task follows the date-normalisation exercise popular since Bahdanau, Cho and Bengio
@@ -66,14 +67,24 @@ def all_days() -> list[dt.date]:
     return [FIRST + dt.timedelta(days=k) for k in range((LAST - FIRST).days + 1)]
 
 
-def split_days(*, test_fraction: float = 0.2, seed: int = 0) -> tuple[list[dt.date], list[dt.date]]:
-    """Split the calendar days into train and held-out test days (a seeded permutation)."""
-    if not 0 < test_fraction < 1:
-        raise ValueError(f"test_fraction must be in (0, 1); got {test_fraction}")
+def split_days(
+    *, val_fraction: float = 0.1, test_fraction: float = 0.2, seed: int = 0
+) -> tuple[list[dt.date], list[dt.date], list[dt.date]]:
+    """Split the calendar days into train, validation and test days (one seeded permutation).
+
+    The test days are the first ``test_fraction`` of the permutation, the validation days the
+    next ``val_fraction``; the three sets share no day.
+    """
+    for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+        if not 0 < value < 1:
+            raise ValueError(f"{name} must be in (0, 1); got {value}")
+    if val_fraction + test_fraction >= 1:
+        raise ValueError(f"val_fraction + test_fraction must be below 1; got {val_fraction + test_fraction}")
     days = all_days()
     random.Random(seed).shuffle(days)
-    cut = int(len(days) * test_fraction)
-    return sorted(days[cut:]), sorted(days[:cut])
+    n_test, n_val = int(len(days) * test_fraction), int(len(days) * val_fraction)
+    test, val, train = days[:n_test], days[n_test:n_test + n_val], days[n_test + n_val:]
+    return sorted(train), sorted(val), sorted(test)
 
 
 def make_pairs(days: list[dt.date], n: int, *, seed: int) -> list[tuple[str, str, str]]:
@@ -132,41 +143,56 @@ class DateData:
 
     x_train: torch.Tensor
     y_train: torch.Tensor
+    x_val: torch.Tensor
+    y_val: torch.Tensor
     x_test: torch.Tensor
     y_test: torch.Tensor
+    val_texts: list[str]
+    val_formats: list[str]
     test_texts: list[str]
     test_formats: list[str]
     vocab: DateVocab
 
 
-def date_tensors(n_train: int, n_test: int, *, seed: int = 0, test_fraction: float = 0.2) -> DateData:
-    """Generate the task: ``n_train`` pairs on training days, ``n_test`` on held-out days.
+def date_tensors(
+    *, n_train: int, n_val: int, n_test: int, seed: int = 0, val_fraction: float = 0.1,
+    test_fraction: float = 0.2,
+) -> DateData:
+    """Generate the task: pairs on training days, on validation days and on test days.
 
     Args:
         n_train: training examples (days may repeat, in different formats).
-        n_test: test examples, all on days no training example uses.
-        seed: fixes the day split and the examples.
-        test_fraction: share of calendar days held out for the test split.
+        n_val: validation examples, on days neither training nor test examples use: for curves
+            and every choice.
+        n_test: test examples, on days no other example uses: for the stated result, once.
+        seed: fixes the day split and the examples (each split has its own stream).
+        val_fraction, test_fraction: shares of calendar days held out for validation and test.
 
     Shapes:
-        ``x_train (n_train, S)``, ``x_test (n_test, S)`` with ``S`` the longest string (29);
-        ``y_* (N, 10)``.
+        ``x_* (N, S)`` with ``S`` the longest string (29); ``y_* (N, 10)``.
 
     Returns:
         A :class:`DateData`.
     """
-    train_days, test_days = split_days(test_fraction=test_fraction, seed=seed)
+    for name, n in (("n_train", n_train), ("n_val", n_val), ("n_test", n_test)):
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"{name} must be a positive int; got {n!r}")
+    train_days, val_days, test_days = split_days(val_fraction=val_fraction,
+                                                 test_fraction=test_fraction, seed=seed)
     train = make_pairs(train_days, n_train, seed=seed + 1)
     test = make_pairs(test_days, n_test, seed=seed + 2)
+    val = make_pairs(val_days, n_val, seed=seed + 3)
     vocab = DateVocab()
-    length = max(len(h) for h, _, _ in train + test)
+    length = max(len(h) for h, _, _ in train + val + test)
     length = max(length, 29)  # "Wednesday, September 22, 2026"
+
+    def encode(pairs):
+        return vocab.encode_src([h for h, _, _ in pairs], length), vocab.encode_tgt([t for _, t, _ in pairs])
+
+    (x_train, y_train), (x_val, y_val), (x_test, y_test) = encode(train), encode(val), encode(test)
     return DateData(
-        x_train=vocab.encode_src([h for h, _, _ in train], length),
-        y_train=vocab.encode_tgt([t for _, t, _ in train]),
-        x_test=vocab.encode_src([h for h, _, _ in test], length),
-        y_test=vocab.encode_tgt([t for _, t, _ in test]),
-        test_texts=[h for h, _, _ in test],
-        test_formats=[f for _, _, f in test],
+        x_train=x_train, y_train=y_train, x_val=x_val, y_val=y_val, x_test=x_test, y_test=y_test,
+        val_texts=[h for h, _, _ in val], val_formats=[f for _, _, f in val],
+        test_texts=[h for h, _, _ in test], test_formats=[f for _, _, f in test],
         vocab=vocab,
     )

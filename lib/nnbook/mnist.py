@@ -133,19 +133,65 @@ def mnist_dataset(train: bool = True, **kwargs) -> MNIST:
 def mnist_tensors(
     train: bool = True, n: int | None = None, *, normalize: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """MNIST as tensors.
+    """MNIST's two files as tensors, in file order (chapters use :func:`mnist_split`).
 
     Args:
-        train: the 60,000 training images, or the 10,000 test images.
-        n: keep only the first ``n`` examples (smoke mode).
+        train: the 60,000 training-file images, or the 10,000 test images.
+        n: keep only the first ``n`` examples.
         normalize: subtract the training mean and divide by its std; else pixels in [0, 1].
 
     Shapes:
         images ``(N, 1, 28, 28)`` float32, labels ``(N,)`` int64.
     """
+    _check_n(n)
     ds = mnist_dataset(train)
     x = ds.data[:n].unsqueeze(1).float() / 255.0
     y = ds.targets[:n].clone()
     if normalize:
         x = (x - MEAN) / STD
     return x, y
+
+
+SPLITS = ("train", "val", "test")
+N_VAL = 5_000  # validation images, drawn once from the 60,000 of the training file
+SPLIT_SEED = 20_260_101  # fixes which images validate; not affected by NNBOOK_SEED
+
+
+def _check_n(n: int | None) -> None:
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+        raise ValueError(f"n must be a positive int or None; got {n!r}")
+
+
+def validation_indices() -> torch.Tensor:
+    """Indices (into the training file) of the 5,000 validation images: a fixed, seeded draw."""
+    order = torch.randperm(60_000, generator=torch.Generator().manual_seed(SPLIT_SEED))
+    return order[:N_VAL].sort().values
+
+
+def mnist_split(
+    split: str, n: int | None = None, *, normalize: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One of the book's three MNIST splits as tensors.
+
+    * ``"train"``: 55,000 images of the training file (file order, validation images removed);
+    * ``"val"``: the other 5,000 (:func:`validation_indices`), for curves and every choice;
+    * ``"test"``: the 10,000 images of the test file, for the result a chapter states, once.
+
+    Args:
+        split: ``"train"``, ``"val"`` or ``"test"``.
+        n: keep only the first ``n`` examples of the split (smoke mode).
+        normalize: subtract the training mean and divide by its std; else pixels in [0, 1].
+
+    Shapes:
+        images ``(N, 1, 28, 28)`` float32, labels ``(N,)`` int64.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}; got {split!r}")
+    _check_n(n)
+    if split == "test":
+        return mnist_tensors(train=False, n=n, normalize=normalize)
+    x, y = mnist_tensors(train=True, normalize=normalize)
+    val = torch.zeros(len(y), dtype=torch.bool)
+    val[validation_indices()] = True
+    keep = val if split == "val" else ~val
+    return x[keep][:n], y[keep][:n]

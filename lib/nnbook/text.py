@@ -81,9 +81,27 @@ class CharVocab:
         return "".join(self.chars[int(i)] for i in ids)
 
 
-def train_val_split(ids: torch.Tensor, val_fraction: float = 0.1):
-    """Split a 1-D id tensor: the first part trains, the last ``val_fraction`` validates."""
-    if not 0 < val_fraction < 1:
-        raise ValueError(f"val_fraction must be in (0, 1); got {val_fraction}")
-    cut = int(len(ids) * (1 - val_fraction))
-    return ids[:cut], ids[cut:]
+def train_val_test_split(
+    ids: torch.Tensor, *, val_fraction: float = 0.05, test_fraction: float = 0.10
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Split a 1-D id tensor in text order: train, then validation, then test.
+
+    The last ``test_fraction`` of the text is the test split (the book's Shakespeare corpus:
+    most of *A Midsummer Night's Dream*), the ``val_fraction`` before it validates (the end of
+    *The Tempest*), the rest trains. Curves and every choice use validation; the stated result
+    is measured on test once.
+
+    Shapes:
+        ``ids (N,)`` -> ``(N_train,)``, ``(N_val,)``, ``(N_test,)``.
+    """
+    if ids.dim() != 1:
+        raise ValueError(f"ids must be 1-D (N,); got {tuple(ids.shape)}")
+    for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+        if not 0 < value < 1:
+            raise ValueError(f"{name} must be in (0, 1); got {value}")
+    if val_fraction + test_fraction >= 1:
+        raise ValueError(f"val_fraction + test_fraction must be below 1; got {val_fraction + test_fraction}")
+    n = len(ids)
+    test_start = int(n * (1 - test_fraction))
+    val_start = int(n * (1 - test_fraction - val_fraction))
+    return ids[:val_start], ids[val_start:test_start], ids[test_start:]

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .runtime import autocast, in_site_build
+from .runtime import autocast, in_site_build, seed_offset
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -56,6 +56,8 @@ def evaluate(model: nn.Module, loader: Iterable, loss_fn: LossFn = F.cross_entro
         ``{"loss": float, "acc": float}``; ``acc`` is 0 when outputs are not class logits.
     """
     dev = next(model.parameters()).device
+    if hasattr(loader, "__len__") and len(loader) == 0:
+        raise ValueError("evaluate needs a loader with at least one batch; got an empty one")
     was_training = model.training
     model.eval()
     total_loss, correct, count = 0.0, 0, 0
@@ -101,6 +103,8 @@ def fit(
         A :class:`History` with ``epoch``, ``train_loss``, ``train_acc``, ``seconds`` and,
         with a validation loader, ``val_loss`` and ``val_acc``.
     """
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(f"epochs must be a positive int; got {epochs!r}")
     dev = next(model.parameters()).device
     history = History()
     start = time.perf_counter()
@@ -160,17 +164,23 @@ class TensorLoader:
         *tensors: tensors sharing their first dimension (e.g. images and labels).
         batch_size: examples per batch (the last batch may be smaller).
         shuffle: draw a new permutation each epoch.
-        seed: seed of the permutation stream, so shuffled runs repeat exactly.
+        seed: seed of the permutation stream, so shuffled runs repeat exactly (``NNBOOK_SEED``
+            is added to it, as to every seed of the book).
         device: move each batch there (default: leave tensors where they are).
     """
 
     def __init__(self, *tensors: torch.Tensor, batch_size: int, shuffle: bool = False,
                  seed: int = 0, device: torch.device | str | None = None):
-        if not tensors or any(len(t) != len(tensors[0]) for t in tensors):
+        if not tensors or any(not isinstance(t, torch.Tensor) or t.dim() == 0 for t in tensors):
+            got = [tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__ for t in tensors]
+            raise ValueError(f"TensorLoader needs tensors of at least one dimension; got {got}")
+        if any(len(t) != len(tensors[0]) for t in tensors):
             raise ValueError(f"tensors must share their first dimension; got "
                              f"{[tuple(t.shape) for t in tensors]}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int; got {batch_size!r}")
         self.tensors, self.batch_size, self.shuffle = tensors, batch_size, shuffle
-        self.generator = torch.Generator().manual_seed(seed)
+        self.generator = torch.Generator().manual_seed(seed + seed_offset())
         self.device = device
 
     def __len__(self) -> int:
