@@ -98,9 +98,13 @@ def test_execution_cache_key_tracks_notebook_imported_lib_and_mode(tmp_path, mon
     # __init__ imports results, runtime and train; text imports cache (and results imports it too)
     assert {"__init__.py", "results.py", "runtime.py", "train.py", "text.py", "cache.py"} <= deps
     assert "mnist.py" not in deps and "attention.py" not in deps
+    monkeypatch.delenv("NNBOOK_SEED", raising=False)
     key = build_book.inputs_key(nb, "full")
     assert key == build_book.inputs_key(nb, "full")
     assert key != build_book.inputs_key(nb, "smoke")
+    monkeypatch.setenv("NNBOOK_SEED", "1")  # another initialization is another execution
+    assert build_book.inputs_key(nb, "full") != key
+    monkeypatch.delenv("NNBOOK_SEED")
     (lib / "attention.py").write_text("# a module this chapter does not import\n")
     assert build_book.inputs_key(nb, "full") == key
     (lib / "cache.py").write_text((lib / "cache.py").read_text() + "# changed\n")  # imported through text

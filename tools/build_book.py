@@ -111,8 +111,9 @@ def lib_dependencies(notebook: Path, lib: Path | None = None) -> list[Path]:
 
 
 def inputs_key(notebook: Path, mode: str) -> str:
-    """SHA-256 of everything an execution depends on."""
-    h = hashlib.sha256(f"mode={mode}\n".encode())
+    """SHA-256 of everything an execution depends on (the seed offset and device override too)."""
+    overrides = {name: os.environ.get(name, "").strip() for name in ("NNBOOK_SEED", "NNBOOK_DEVICE")}
+    h = hashlib.sha256(f"mode={mode}\n{sorted(overrides.items())}\n".encode())
     deps = [notebook, ROOT / "requirements.txt", ROOT / "pyproject.toml",
             *lib_dependencies(notebook, ROOT / "lib" / "nnbook")]
     for path in deps:
