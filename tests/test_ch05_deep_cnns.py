@@ -1,176 +1,169 @@
-"""Chapter 05 checks: full-size AlexNet, VGG-11, ResNet-18 equal torchvision's; 3x3 and 1x1 arithmetic."""
+"""Chapter 05 pushed further: the chapter's own AlexNet, VGG, NiN and ResNet builders against
+torchvision's models (parameter counts over more variants, and the same outputs when given the
+same weights), the scaled-down networks' shapes, and the exercise."""
 
+import pytest
 import torch
-import torch.nn.functional as F
 import torchvision
+from chapters import load_chapter
 from torch import nn
 
+from nnbook.exercises import check
 
-def conv_relu(c_in, c_out, k, *, stride=1, padding=0, norm=False):
-    bn = [nn.BatchNorm2d(c_out)] if norm else []
-    return [nn.Conv2d(c_in, c_out, k, stride=stride, padding=padding), *bn, nn.ReLU()]
+ch = load_chapter("05")
 
-
-def alexnet(*, in_ch=3, n_classes=1000, widths=(64, 192, 384, 256, 256), stem=(11, 4, 2),
-            fc=4096, pooled=6, dropout=0.5, norm=False):
-    c1, c2, c3, c4, c5 = widths
-    k, s, p = stem
-    return nn.Sequential(
-        *conv_relu(in_ch, c1, k, stride=s, padding=p, norm=norm), nn.MaxPool2d(3, stride=2),
-        *conv_relu(c1, c2, 5, padding=2, norm=norm), nn.MaxPool2d(3, stride=2),
-        *conv_relu(c2, c3, 3, padding=1, norm=norm),
-        *conv_relu(c3, c4, 3, padding=1, norm=norm),
-        *conv_relu(c4, c5, 3, padding=1, norm=norm), nn.MaxPool2d(3, stride=2),
-        nn.AdaptiveAvgPool2d(pooled), nn.Flatten(),
-        nn.Dropout(dropout), nn.Linear(c5 * pooled * pooled, fc), nn.ReLU(),
-        nn.Dropout(dropout), nn.Linear(fc, fc), nn.ReLU(),
-        nn.Linear(fc, n_classes),
-    )
+VGG13 = ((64, 64), (128, 128), (256, 256), (512, 512), (512, 512))
+VGG16 = ((64, 64), (128, 128), (256,) * 3, (512,) * 3, (512,) * 3)
+VGG19 = ((64, 64), (128, 128), (256,) * 4, (512,) * 4, (512,) * 4)
+VARIANTS = {  # name: (our builder, torchvision constructor, parameters in torchvision's docs)
+    "alexnet": (ch.alexnet, torchvision.models.alexnet, 61_100_840),
+    "vgg11": (ch.vgg, torchvision.models.vgg11, 132_863_336),
+    "vgg11_bn": (lambda: ch.vgg(norm=True), torchvision.models.vgg11_bn, 132_868_840),
+    "vgg13": (lambda: ch.vgg(stages=VGG13), torchvision.models.vgg13, 133_047_848),
+    "vgg16": (lambda: ch.vgg(stages=VGG16), torchvision.models.vgg16, 138_357_544),
+    "vgg19": (lambda: ch.vgg(stages=VGG19), torchvision.models.vgg19, 143_667_240),
+    "resnet18": (ch.resnet, torchvision.models.resnet18, 11_689_512),
+    "resnet34": (lambda: ch.resnet(blocks=(3, 4, 6, 3)), torchvision.models.resnet34, 21_797_672),
+}
 
 
-def vgg(*, in_ch=3, n_classes=1000, stages=((64,), (128,), (256, 256), (512, 512), (512, 512)),
-        fc=4096, pooled=7, dropout=0.5, norm=False):
-    layers, c = [], in_ch
-    for stage in stages:
-        for width in stage:
-            layers += conv_relu(c, width, 3, padding=1, norm=norm)
-            c = width
-        layers.append(nn.MaxPool2d(2))
-    return nn.Sequential(
-        *layers, nn.AdaptiveAvgPool2d(pooled), nn.Flatten(),
-        nn.Linear(c * pooled * pooled, fc), nn.ReLU(), nn.Dropout(dropout),
-        nn.Linear(fc, fc), nn.ReLU(), nn.Dropout(dropout),
-        nn.Linear(fc, n_classes),
-    )
+def test_the_chapters_table_holds_torchvisions_published_counts():
+    for name, key in (("AlexNet", "alexnet"), ("VGG-11", "vgg11"), ("ResNet-18", "resnet18")):
+        build, reference, published = ch.FULL_SIZE[name]
+        assert (build, reference, published) == VARIANTS[key]
 
 
-def nin_block(c_in, c_out, k, *, c_hidden=None, stride=1, padding=0, last_relu=True, norm=False):
-    c_hidden = c_hidden or c_out
-    layers = [*conv_relu(c_in, c_hidden, k, stride=stride, padding=padding, norm=norm),
-              *conv_relu(c_hidden, c_hidden, 1, norm=norm), nn.Conv2d(c_hidden, c_out, 1)]
-    return nn.Sequential(*layers, *([nn.ReLU()] if last_relu else []))
-
-
-def nin(*, in_ch=1, n_classes=10, widths=(16, 32, 64), stem=(5, 2, 2), dropout=0.5, norm=False):
-    c1, c2, c3 = widths
-    k, s, p = stem
-    return nn.Sequential(
-        nin_block(in_ch, c1, k, stride=s, padding=p, norm=norm), nn.MaxPool2d(3, stride=2, padding=1),
-        nin_block(c1, c2, 3, padding=1, norm=norm), nn.MaxPool2d(3, stride=2, padding=1),
-        nn.Dropout(dropout),
-        nin_block(c2, n_classes, 3, c_hidden=c3, padding=1, last_relu=False, norm=norm),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-    )
-
-
-class BasicBlock(nn.Module):
-    def __init__(self, c_in, c_out, *, stride=1):
-        super().__init__()
-        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(c_out)
-        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(c_out)
-        self.shortcut = nn.Identity()
-        if stride != 1 or c_in != c_out:
-            self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False),
-                                          nn.BatchNorm2d(c_out))
-
-    def forward(self, x):
-        f = self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x)))))
-        return F.relu(f + self.shortcut(x))
-
-
-def resnet(*, in_ch=3, n_classes=1000, widths=(64, 128, 256, 512), blocks=(2, 2, 2, 2),
-           stem=(7, 2, 3)):
-    k, s, p = stem
-    layers = [nn.Conv2d(in_ch, widths[0], k, stride=s, padding=p, bias=False), nn.BatchNorm2d(widths[0]),
-              nn.ReLU(), nn.MaxPool2d(3, stride=2, padding=1)]
-    c = widths[0]
-    for i, (width, n) in enumerate(zip(widths, blocks, strict=True)):
-        for j in range(n):
-            layers.append(BasicBlock(c, width, stride=2 if i > 0 and j == 0 else 1))
-            c = width
-    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, n_classes))
-
-
-def _n(model):
-    return sum(p.numel() for p in model.parameters())
-
-
-def _same_as_torchvision(build, reference, published):
-    with torch.device("meta"):
+@pytest.mark.parametrize("name", VARIANTS)
+def test_parameter_shapes_and_counts_equal_torchvisions(name):
+    """Catches a missing or extra layer, a wrong width, a bias before BN (shapes, not wiring)."""
+    build, reference, published = VARIANTS[name]
+    with torch.device("meta"):                       # shapes only: nothing allocated
         ours, ref = build(), reference(weights=None)
     assert [p.shape for p in ours.parameters()] == [p.shape for p in ref.parameters()]
-    assert _n(ours) == _n(ref) == published, (
-        f"expected {published:,} parameters; ours {_n(ours):,}, torchvision {_n(ref):,}")
+    assert ch.n_params(ours) == ch.n_params(ref) == published, (
+        f"{name}: expected {published:,} parameters; ours {ch.n_params(ours):,}, "
+        f"torchvision {ch.n_params(ref):,}")
 
 
-def test_alexnet_equals_torchvision():
-    _same_as_torchvision(alexnet, torchvision.models.alexnet, 61_100_840)
+def given_the_same_tensors(build, ref):
+    """Our model built on the meta device, then given ref's tensors in order (shared, not copied:
+    the full-size VGG holds half a gigabyte)."""
+    with torch.device("meta"):
+        ours = build()
+    tensors = dict(zip(ours.state_dict(), ref.state_dict().values(), strict=True))
+    ours.load_state_dict(tensors, assign=True)
+    return ours.eval()
 
 
-def test_vgg11_equals_torchvision():
-    _same_as_torchvision(vgg, torchvision.models.vgg11, 132_863_336)
+def randomize_batch_norms(model, gen):
+    """Non-trivial BN parameters and running statistics, so that BN's wiring is really checked."""
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 1.5, generator=gen)
+                m.bias.uniform_(-0.2, 0.2, generator=gen)
+                m.running_mean.uniform_(-0.1, 0.1, generator=gen)
+                m.running_var.uniform_(0.5, 1.5, generator=gen)
 
 
-def test_resnet18_equals_torchvision():
-    _same_as_torchvision(resnet, torchvision.models.resnet18, 11_689_512)
+def noise_(tensor, block, std):
+    """Fill tensor with std * block, tiled (drawing 100 M numbers would take seconds)."""
+    flat = tensor.view(-1)
+    for start in range(0, flat.numel(), block.numel()):
+        piece = flat[start:start + block.numel()]
+        piece.copy_(block[:piece.numel()] * std)
 
 
-def test_resnet18_computes_torchvisions_function():
-    torch.manual_seed(0)
-    ref, ours = torchvision.models.resnet18(weights=None).eval(), resnet().eval()
+def torchvision_with_random_weights(reference, gen):
+    """torchvision's model built on the meta device, then given random weights quickly: He-scaled
+    noise for convolutions and linear layers (a block of 2**20 + 7 draws, tiled), random BN."""
+    with torch.device("meta"):
+        ref = reference(weights=None)
+    ref.to_empty(device="cpu")
+    block = torch.randn(2**20 + 7, generator=gen)   # its period divides no row length
     with torch.no_grad():
         for m in ref.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.1, 0.1)
-                m.running_var.uniform_(0.5, 1.5)
-        for p, q in zip(ours.state_dict().values(), ref.state_dict().values(), strict=True):
-            p.copy_(q)
-        x = torch.randn(2, 3, 64, 64)
-        torch.testing.assert_close(ours(x), ref(x))
+            if isinstance(m, nn.Conv2d | nn.Linear):
+                noise_(m.weight, block, std=(2 / m.weight[0].numel()) ** 0.5)
+                if m.bias is not None:
+                    noise_(m.bias, block, std=0.01)
+    randomize_batch_norms(ref, gen)
+    return ref.eval()
 
 
-def _minis():
-    return {
-        "AlexNet": alexnet(in_ch=1, n_classes=10, widths=(16, 32, 48, 48, 32), stem=(5, 2, 3), fc=128,
-                           pooled=1, norm=True),
-        "VGG": vgg(in_ch=1, n_classes=10, stages=((8,), (16,), (32, 32)), fc=64, pooled=3, norm=True),
-        "NiN": nin(in_ch=1, n_classes=10, widths=(16, 32, 64), stem=(5, 2, 2), norm=True),
-        "ResNet": resnet(in_ch=1, n_classes=10, widths=(16, 32, 64), blocks=(1, 1, 1), stem=(3, 2, 1)),
-    }
+@pytest.mark.parametrize("name, size", [("alexnet", 224), ("vgg11", 64), ("vgg11_bn", 64),
+                                        ("resnet18", 64), ("resnet34", 48)])
+def test_full_size_models_compute_torchvisions_function_with_its_weights(name, size):
+    """Copies the weights across: catches what equal shapes hide, e.g. a misplaced pooling or
+    ReLU, BN after the ReLU (conv_relu(norm=True), which the scaled-down networks use), a
+    stride on the wrong block, a missing shortcut, a wrong flattening order."""
+    build, reference, _ = VARIANTS[name]
+    gen = torch.Generator().manual_seed(0)
+    ref = torchvision_with_random_weights(reference, gen)
+    ours = given_the_same_tensors(build, ref)
+    x = torch.randn(1, 3, size, size, generator=gen)  # 64: VGG's last map is 2 x 2, not 1 x 1
+    with torch.no_grad():
+        y_ours, y_ref = ours(x), ref(x)
+    assert y_ref.shape == (1, 1000) and float(y_ref.std()) > 0
+    torch.testing.assert_close(y_ours, y_ref, rtol=1e-5, atol=1e-5 * float(y_ref.abs().max()))
 
 
-def test_scaled_down_models_fit_mnist():
-    x = torch.zeros(2, 1, 28, 28)
-    for name, model in _minis().items():
-        assert model(x).shape == (2, 10), f"{name}: expected logits (2, 10), got {tuple(model(x).shape)}"
+def test_scaled_down_networks_shrink_their_maps_as_the_text_says():
+    """Catches a stem or pooling that breaks the sizes the text states (AlexNet 28 -> 15 -> 7 ->
+    3 -> 1, VGG 28 -> 14 -> 7 -> 3, stride-2 stems) and a NiN whose logits are not GAP (5.3)."""
+    x = torch.randn(2, 1, 28, 28, generator=torch.Generator().manual_seed(2))
+    minis = {name: build(0.2).eval() for name, build in ch.MINIS.items()}
+    with torch.no_grad():
+        for name, model in minis.items():
+            assert model(x).shape == (2, 10), name
+        alexnet, vgg, nin, resnet = minis.values()
+        pooled = [alexnet[:i + 1](x).shape[-1] for i, m in enumerate(alexnet) if isinstance(m, nn.MaxPool2d)]
+        assert [alexnet[0](x).shape[-1], *pooled] == [15, 7, 3, 1]
+        pooled = [vgg[:i + 1](x).shape[-1] for i, m in enumerate(vgg) if isinstance(m, nn.MaxPool2d)]
+        assert pooled == [14, 7, 3]
+        assert nin[0][0](x).shape[-1] == 14 and resnet[0](x).shape[-1] == 14
+        maps = nin[:-2](x)                                # one map per class
+        assert maps.shape == (2, 10, 4, 4)
+        torch.testing.assert_close(nin(x), maps.mean((2, 3)))
 
 
-def test_scaled_down_map_sizes():
-    x = torch.randn(2, 1, 28, 28)
-    minis = {name: model.eval() for name, model in _minis().items()}
-    alex = minis["AlexNet"]
-    sizes = [alex[:i + 1](x).shape[-1] for i, m in enumerate(alex) if isinstance(m, nn.MaxPool2d)]
-    assert alex[0](x).shape[-1] == 15 and sizes == [7, 3, 1], f"AlexNet maps 28->15->7->3->1; got {sizes}"
-    nin_maps = minis["NiN"][:-2](x)
-    assert nin_maps.shape == (2, 10, 4, 4), f"NiN class maps: expected (2, 10, 4, 4), got {nin_maps.shape}"
-    torch.testing.assert_close(minis["NiN"](x), nin_maps.mean((2, 3)))   # GAP (5.3): logits = map averages
+def test_scaled_down_builders_use_the_configs_dropout():
+    """Catches a builder that ignores cfg.dropout (ResNet has none)."""
+    for name, build in ch.MINIS.items():
+        rates = {m.p for m in build(0.3).modules() if isinstance(m, nn.Dropout)}
+        assert rates == (set() if name == "ResNet" else {0.3}), name
 
 
-def test_3x3_stack_receptive_field_and_weights():
-    for n in (2, 3):
-        stack = nn.Sequential(*[nn.Conv2d(4, 4, 3, padding=1, bias=False) for _ in range(n)])
-        x = torch.randn(1, 4, 15, 15, requires_grad=True)
-        (g,) = torch.autograd.grad(stack(x)[0, 0, 7, 7], x)
-        seen = g.abs().sum((0, 1)).nonzero()
-        assert int(seen[:, 0].max() - seen[:, 0].min()) + 1 == 2 * n + 1
-        assert _n(stack) * (2 * n + 1) ** 2 == 9 * n * nn.Conv2d(4, 4, 2 * n + 1, bias=False).weight.numel()
+@pytest.mark.parametrize("build, message", [
+    (lambda: ch.resnet(widths=(16, 32), blocks=(1, 1, 1)), "zip"),
+    (lambda: ch.alexnet(widths=(16, 32, 48, 48)), "not enough values to unpack"),
+    (lambda: ch.nin(widths=(16, 32, 64, 128)), "too many values to unpack"),
+], ids=["resnet stages", "alexnet widths", "nin widths"])
+def test_inconsistent_sizes_are_refused(build, message):
+    """A width list that does not match the architecture must not build a shorter network."""
+    with pytest.raises(ValueError, match=message):
+        build()
 
 
-def test_1x1_conv_is_per_pixel_linear():
-    conv1x1, linear = nn.Conv2d(16, 8, 1), nn.Linear(16, 8)
-    linear.weight.data = conv1x1.weight.data.view(8, 16)
-    linear.bias.data = conv1x1.bias.data
-    x = torch.randn(4, 16, 5, 5)
-    torch.testing.assert_close(conv1x1(x), linear(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2))
+def solved_resnet18_params():
+    """A reference solution of exercise 2: the stem, eight basic blocks (three with a projection
+    shortcut), the classifier; 2 parameters (gamma, beta) per BN channel."""
+    total, c = 3 * 64 * 7 * 7 + 2 * 64, 64
+    for width in (64, 64, 128, 128, 256, 256, 512, 512):           # two blocks per stage
+        total += 9 * c * width + 9 * width * width + 4 * width     # two 3x3 convs, two BNs
+        if c != width:
+            total += c * width + 2 * width                          # 1x1 projection and its BN
+        c = width
+    return total + 512 * 1000 + 1000
+
+
+def test_exercise_2_resnet18_by_hand(capsys):
+    assert check("Exercise 2", ch.resnet18_params, ch.test_resnet18_params) is None
+    assert "not attempted yet" in capsys.readouterr().out
+    assert check("Exercise 2", solved_resnet18_params, ch.test_resnet18_params) is True
+    without_projections = lambda: solved_resnet18_params() - (  # noqa: E731
+        sum(c * 2 * c + 4 * c for c in (64, 128, 256)))
+    with pytest.raises(AssertionError, match="11,689,512"):
+        check("Exercise 2", without_projections, ch.test_resnet18_params)
+    with pytest.raises(AssertionError, match="expected an int"):
+        check("Exercise 2", lambda: float(solved_resnet18_params()), ch.test_resnet18_params)
