@@ -1,99 +1,70 @@
-"""Chapter 16 checks: parameter formula, published sizes, rotary positions, causality, weight tying."""
+"""Chapter 16 checks, on the chapter's own code: the parameter formula and published sizes, rotary
+positions written out against the library, causality and weight tying of the chapter's GPT, the
+evaluation windows and per-character losses, batches, the training loop's schedule and weight
+average, sampling, and the exercise."""
 
 import math
 
 import pytest
 import torch
+from chapters import load_chapter
 from torch import nn
 
-from nnbook.attention import MultiHeadAttention, apply_rotary, rotary_angles
+from nnbook.attention import apply_rotary, rotary_angles
+from nnbook.exercises import check
+
+ch = load_chapter("16")
 
 
-class Block(nn.Module):
-    def __init__(self, d, n_head, rotary):
-        super().__init__()
-        self.ln_1, self.ln_2 = nn.LayerNorm(d), nn.LayerNorm(d)
-        self.attn = MultiHeadAttention(d_model=d, n_heads=n_head, rotary=rotary)
-        self.mlp = nn.Sequential(nn.Linear(d, 4 * d), nn.GELU(), nn.Linear(4 * d, d))
-
-    def forward(self, h):
-        h = h + self.attn(self.ln_1(h), causal=True)
-        return h + self.mlp(self.ln_2(h))
-
-
-class GPT(nn.Module):
-    def __init__(self, *, V, n_ctx, L, d, n_head, rotary=True):
-        super().__init__()
-        self.tok_emb, self.pos_emb = nn.Embedding(V, d), None if rotary else nn.Embedding(n_ctx, d)
-        self.blocks = nn.Sequential(*[Block(d, n_head, rotary) for _ in range(L)])
-        self.ln_f = nn.LayerNorm(d)
-        self.head = nn.Linear(d, V, bias=False)
-        self.head.weight = self.tok_emb.weight
-
-    def forward(self, x):
-        h = self.tok_emb(x)
-        if self.pos_emb is not None:
-            h = h + self.pos_emb(torch.arange(x.shape[1]))
-        return self.head(self.ln_f(self.blocks(h)))
-
-
-def n_params_formula(*, V, n_ctx, L, d, learned_positions=True):
-    return V * d + (n_ctx * d if learned_positions else 0) + L * (12 * d * d + 13 * d) + 2 * d
-
-
-def rotate(u, m, base=10_000.0):
-    out = u.clone()
-    for i in range(len(u) // 2):
-        phi = m * base ** (-2 * i / len(u))
-        R = torch.tensor([[math.cos(phi), -math.sin(phi)], [math.sin(phi), math.cos(phi)]], dtype=u.dtype)
-        out[2 * i:2 * i + 2] = R @ u[2 * i:2 * i + 2]
-    return out
-
-
-def count(model):
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+def gpt(V=76, n_ctx=64, L=2, d=32, n_head=4, rotary=True, seed=0):
+    torch.manual_seed(seed)
+    return ch.GPT(ch.GPTConfig(vocab_size=V, n_ctx=n_ctx, n_layer=L, n_head=n_head, d_model=d,
+                               rotary=rotary))
 
 
 @pytest.mark.parametrize("rotary", [True, False])
-@pytest.mark.parametrize("V,n_ctx,L,d,h", [(76, 128, 3, 64, 4), (50, 32, 2, 48, 3), (1000, 128, 6, 96, 8)])
-def test_formula_equals_model_count(V, n_ctx, L, d, h, rotary):
-    want = n_params_formula(V=V, n_ctx=n_ctx, L=L, d=d, learned_positions=not rotary)
-    assert count(GPT(V=V, n_ctx=n_ctx, L=L, d=d, n_head=h, rotary=rotary)) == want
+@pytest.mark.parametrize("V,n_ctx,L,d,h", [(76, 128, 3, 64, 4), (50, 32, 2, 48, 3), (1000, 128, 6, 96, 8),
+                                           (7, 5, 1, 8, 2)])
+def test_formula_equals_the_models_count(V, n_ctx, L, d, h, rotary):
+    # catches: a missing bias or layer norm in the formula, or an untied output layer in the model
+    want = ch.n_params_formula(V=V, n_ctx=n_ctx, L=L, d=d, learned_positions=not rotary)
+    with torch.device("meta"):
+        model = ch.GPT(ch.GPTConfig(vocab_size=V, n_ctx=n_ctx, n_layer=L, n_head=h, d_model=d,
+                                    rotary=rotary))
+    assert sum(p.numel() for p in model.parameters()) == want
 
 
 def test_published_sizes():
-    assert n_params_formula(V=50_257, n_ctx=1024, L=12, d=768) == 124_439_808  # GPT-2 small checkpoint
-    assert n_params_formula(V=50_257, n_ctx=1024, L=48, d=1600) == 1_557_611_200  # GPT-2 XL checkpoint
-    gpt1 = n_params_formula(V=40_478, n_ctx=512, L=12, d=768) - 2 * 768  # no final layer norm
-    assert round(gpt1 / 1e6) == 117
-    assert round(n_params_formula(V=50_257, n_ctx=2048, L=96, d=12288) / 1e9) == 175
-    with torch.device("meta"):
-        assert count(GPT(V=50_257, n_ctx=1024, L=12, d=768, n_head=12, rotary=False)) == 124_439_808
+    f = ch.n_params_formula
+    assert f(V=50_257, n_ctx=1024, L=12, d=768) == 124_439_808  # GPT-2 small checkpoint
+    assert f(V=50_257, n_ctx=1024, L=48, d=1600) == 1_557_611_200  # GPT-2 XL checkpoint
+    assert round((f(V=40_478, n_ctx=512, L=12, d=768) - 2 * 768) / 1e6) == 117  # GPT-1, no final LN
+    assert round(f(V=50_257, n_ctx=2048, L=96, d=12288) / 1e9) == 175
 
 
-@pytest.mark.parametrize("d_h", [8, 16])
+@pytest.mark.parametrize("d_h", [2, 8, 16])
 def test_rotation_written_out_equals_the_library_and_depends_on_offsets(d_h):
+    # catches: pairs (u_i, u_i+d/2) instead of (u_2i, u_2i+1), a wrong frequency, a sign flip
     g = torch.Generator().manual_seed(2)
     q, k = torch.randn(2, d_h, dtype=torch.float64, generator=g)
     rotation = rotary_angles(256, d_h)
     for m in [0, 1, 77, 255]:
-        torch.testing.assert_close(rotate(q, m), apply_rotary(q, rotation[m]), atol=1e-5, rtol=1e-5)
-    scores = [rotate(q, m) @ rotate(k, m - 3) for m in (3, 50, 255)]
+        torch.testing.assert_close(ch.rotate(q, m).float(), apply_rotary(q.float(), rotation[m]),
+                                   atol=1e-5, rtol=1e-5)
+    scores = [ch.rotate(q, m) @ ch.rotate(k, m - 3) for m in (3, 50, 255)]
     for s in scores[1:]:
         torch.testing.assert_close(s, scores[0])  # (16.7): the offset, not the position
-    assert abs(rotate(q, 50) @ rotate(k, 46) - scores[0]) > 1e-3
-    torch.testing.assert_close(rotate(q, 77).norm(), q.norm())
+    assert abs(ch.rotate(q, 50) @ ch.rotate(k, 46) - scores[0]) > 1e-3
+    torch.testing.assert_close(ch.rotate(q, 77).norm(), q.norm())
+    torch.testing.assert_close(ch.rotate(q, 0), q)
 
 
 @pytest.mark.parametrize("rotary", [True, False])
-def test_causal_and_tied_and_uniform_at_init(rotary):
-    torch.manual_seed(0)
-    model = GPT(V=76, n_ctx=64, L=2, d=32, n_head=4, rotary=rotary)
-    for m in model.modules():
-        if isinstance(m, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(m.weight, 0, 0.02)
+def test_gpt_is_causal_tied_and_uniform_at_init(rotary):
+    # catches: attention without the causal mask, an untied head, a large output initialization
+    model = gpt(rotary=rotary).eval()
     assert model.head.weight is model.tok_emb.weight
-    x = torch.randint(0, 76, (2, 64))
+    x = torch.randint(0, 76, (2, 64), generator=torch.Generator().manual_seed(0))
     y = x.clone()
     y[:, 40:] = (y[:, 40:] + 1) % 76
     with torch.no_grad():
@@ -103,41 +74,161 @@ def test_causal_and_tied_and_uniform_at_init(rotary):
     assert abs(loss.item() - math.log(76)) < 0.05
 
 
-def windows(n_targets, n_ctx, stride):
-    starts = torch.arange(0, n_targets - n_ctx + 1, stride)
-    if starts[-1] != n_targets - n_ctx:
-        starts = torch.cat([starts, torch.tensor([n_targets - n_ctx])])
-    first_new = torch.cat([starts[:1], starts[:-1] + n_ctx])
-    return starts, starts[:, None] + torch.arange(n_ctx) >= first_new[:, None]
+def test_positions_matter_and_the_window_is_bounded():
+    # catches: a model that ignores order (no rotary and no table), or silently reads past n_ctx
+    x = torch.randint(0, 76, (1, 16), generator=torch.Generator().manual_seed(1))
+    for rotary in (True, False):
+        model = gpt(rotary=rotary, n_ctx=16).eval()
+        for p in model.parameters():  # larger weights, so that order shows in the logits
+            nn.init.normal_(p, 0.0, 0.5)
+        x_swapped = x.clone()
+        x_swapped[0, [3, 7]] = x[0, [7, 3]]
+        with torch.no_grad():
+            assert not torch.allclose(model(x)[0, -1], model(x_swapped)[0, -1], atol=1e-4)
+        with pytest.raises(ValueError, match="n_ctx=16"):
+            model(torch.zeros(1, 17, dtype=torch.long))
 
 
 @pytest.mark.parametrize("n,T,stride", [(100, 10, 5), (101, 10, 10), (57, 8, 3), (10, 10, 4), (1000, 64, 32)])
 def test_sliding_windows_score_every_target_once(n, T, stride):
-    starts, scored = windows(n, T, stride)
+    starts, scored = ch.windows(n, T, stride)
     positions = (starts[:, None] + torch.arange(T))[scored]
     assert torch.equal(positions.sort().values, torch.arange(n)), "each target must be scored exactly once"
     later = torch.arange(T).expand_as(scored)[1:][scored[1:]]  # context of the targets after window 0
     assert later.numel() == 0 or later.min() >= T - stride, "later windows must score only well-fed positions"
 
 
-@torch.no_grad()
-def char_losses(model, source, n_ctx, *, stride=None, batch_size=256):
-    starts, scored = windows(len(source) - 1, n_ctx, stride or n_ctx)
-    assert scored.sum() == len(source) - 1
-    offsets = starts[:, None] + torch.arange(n_ctx)
-    nll = torch.full((len(source) - 1,), float("nan"))
-    for k in range(0, len(starts), batch_size):
-        pos, keep = offsets[k:k + batch_size], scored[k:k + batch_size]
-        logits = model(source[pos])
-        nll[pos[keep]] = nn.functional.cross_entropy(logits[keep], source[pos[keep] + 1], reduction="none")
-    assert not nll.isnan().any()
-    return nll
-
-
 @pytest.mark.parametrize("n,T,stride,batch", [(500, 16, 8, 7), (301, 32, 32, 256), (100, 10, 3, 4)])
 def test_char_losses_score_each_character_with_its_own_target(n, T, stride, batch):
+    # catches: targets shifted by one, a window's scores written to the wrong positions
     torch.manual_seed(1)
     bigram = nn.Embedding(20, 20)  # logits depend on the current character only, not on the window
     source = torch.randint(0, 20, (n,))
     direct = nn.functional.cross_entropy(bigram(source[:-1]), source[1:], reduction="none")
-    torch.testing.assert_close(char_losses(bigram, source, T, stride=stride, batch_size=batch), direct)
+    got = ch.char_losses(bigram, source, T, stride=stride, batch_size=batch)
+    torch.testing.assert_close(got, direct)
+    assert ch.evaluate_loss(bigram, source, T, stride=stride) == pytest.approx(direct.mean().item())
+
+
+def test_get_batch_targets_are_the_next_characters():
+    # catches: y not shifted by one, windows running past the end of the source
+    source = torch.arange(50)
+    x, y = ch.get_batch(source, 64, 8, torch.Generator().manual_seed(0), torch.device("cpu"))
+    assert x.shape == y.shape == (64, 8)
+    assert torch.equal(y, x + 1) and int(y.max()) < 50
+    assert torch.equal(x[:, 1:], x[:, :-1] + 1)  # contiguous windows
+    x2, _ = ch.get_batch(source, 64, 8, torch.Generator().manual_seed(0), torch.device("cpu"))
+    assert torch.equal(x, x2), "the same generator seed must give the same batch"
+
+
+def tiny_config(**overrides):
+    base = dict(n_ctx=16, n_layer=1, n_head=2, d_model=16, batch_size=8, steps=40, lr=1e-2, warmup=5,
+                decay_frac=0.4, lr_floor=0.02)
+    return ch.TrainConfig(**{**base, **overrides})
+
+
+def test_train_follows_warmup_stable_decay_and_learns():
+    # catches: a schedule that never warms up, never decays, or decays from the start; a loop
+    # whose loss does not fall
+    tc = tiny_config()
+    model = ch.make_model(tc, vocab_size=7, device=torch.device("cpu"))
+    source = torch.arange(2000) % 7
+    log, averaged = ch.train(model, source, tc, steps=40, log_every=0)
+    lr = log["lr"]
+    assert log["step"] == list(range(1, 41))
+    assert all(a < b for a, b in zip(lr[:4], lr[1:5])) and lr[4] == pytest.approx(tc.lr)  # warm-up
+    assert all(v == pytest.approx(tc.lr) for v in lr[4:24])  # stable for the first 60%
+    assert all(a > b for a, b in zip(lr[24:], lr[25:]))  # then a linear decay ...
+    assert tc.lr_floor * tc.lr <= lr[-1] < 0.1 * tc.lr  # ... towards the floor
+    assert sum(log["train_loss"][-5:]) / 5 < log["train_loss"][0] - 0.5
+
+
+def test_weight_average_without_memory_is_the_last_weights():
+    # catches: the moving average updated in the wrong direction (lerp towards the old weights)
+    tc = tiny_config(ema_decay=0.0, steps=5)
+    model = ch.make_model(tc, vocab_size=7, device=torch.device("cpu"))
+    _, averaged = ch.train(model, torch.arange(200) % 7, tc, steps=5, log_every=0)
+    for a, w in zip(averaged.parameters(), model.parameters(), strict=True):
+        torch.testing.assert_close(a, w)
+    tc = tiny_config(ema_decay=0.99, steps=5)
+    model = ch.make_model(tc, vocab_size=7, device=torch.device("cpu"))
+    start = [p.detach().clone() for p in model.parameters()]
+    _, averaged = ch.train(model, torch.arange(200) % 7, tc, steps=5, log_every=0)
+    lags = [not torch.equal(a, w) for a, w in zip(averaged.parameters(), model.parameters(), strict=True)]
+    assert all(lags), "with memory, the average must lag the weights"
+    moved = [not torch.equal(a, w0) for a, w0 in zip(averaged.parameters(), start, strict=True)]
+    assert all(moved), "the average must follow the weights"
+
+
+def test_make_model_is_seeded_and_sized():
+    tc = tiny_config()
+    a = ch.make_model(tc, vocab_size=7, device=torch.device("cpu"))
+    b = ch.make_model(tc, vocab_size=7, device=torch.device("cpu"), d_model=32)
+    assert b.cfg.d_model == 32 and a.cfg.n_ctx == 16
+    c = ch.make_model(tc, vocab_size=7, device=torch.device("cpu"))
+    for p, q in zip(a.parameters(), c.parameters(), strict=True):
+        assert torch.equal(p, q)
+
+
+class Vocab:
+    chars = list("abcdefg")
+
+    def encode(self, s):
+        return torch.tensor([self.chars.index(c) for c in s])
+
+    def decode(self, ids):
+        return "".join(self.chars[int(i)] for i in ids)
+
+
+def test_next_char_probs_temperature_and_top_k():
+    model = gpt(V=7, n_ctx=8, L=1, d=8, n_head=2).eval()
+    for p in model.parameters():
+        nn.init.normal_(p, 0.0, 0.3)
+    context = torch.tensor([0, 3, 2, 5, 1, 6, 4, 2, 0, 1])  # longer than n_ctx: cut to the last 8
+    p = ch.next_char_probs(model, context)
+    with torch.no_grad():
+        want = model(context[None, -8:])[0, -1].softmax(-1)
+    torch.testing.assert_close(p, want)
+    top3 = ch.next_char_probs(model, context, top_k=3)
+    assert int((top3 > 0).sum()) == 3 and set(top3.nonzero().flatten().tolist()) == set(
+        p.topk(3).indices.tolist())
+    torch.testing.assert_close(top3.sum(), torch.tensor(1.0))
+    cold = ch.next_char_probs(model, context, temperature=0.01)
+    assert cold.argmax() == p.argmax() and cold.max() > 0.99
+    hot = ch.next_char_probs(model, context, temperature=100.0)
+    assert hot.max() - hot.min() < 0.05
+
+
+def test_sample_starts_with_the_prompt_and_repeats_with_its_seed():
+    model = gpt(V=7, n_ctx=8, L=1, d=8, n_head=2)
+    vocab = Vocab()
+    a = ch.sample(model, vocab, "abc", 20, seed=3)
+    assert a.startswith("abc") and len(a) == 23
+    assert ch.sample(model, vocab, "abc", 20, seed=3) == a
+    greedy = ch.sample(model, vocab, "abc", 5, top_k=1, seed=4)
+    assert greedy == ch.sample(model, vocab, "abc", 5, top_k=1, seed=5), "top-1 sampling is greedy"
+
+
+def test_bigram_example_of_the_intuition():
+    p_next = ch.bigram("abab")
+    assert p_next == {"a": {"a": 0.0, "b": 1.0}, "b": {"a": 1.0, "b": 0.0}}
+    p_first = {"a": 0.5, "b": 0.5}
+    assert ch.p_sequence("abab", p_next, p_first) == 0.5
+    assert ch.p_sequence("aa", p_next, p_first) == 0.0
+
+
+def reference_top_p(probs, p):
+    sorted_p, order = probs.sort(descending=True)
+    keep = sorted_p.cumsum(0) - sorted_p < p  # the mass before this one is still below p
+    out = torch.zeros_like(probs)
+    out[order[keep]] = sorted_p[keep]
+    return out / out.sum()
+
+
+def test_exercise_top_p(capsys):
+    assert check("Exercise 3", ch.top_p_filter, ch.test_top_p) is None
+    assert "not attempted yet" in capsys.readouterr().out
+    assert check("Exercise 3", reference_top_p, ch.test_top_p) is True
+    not_renormalized = lambda probs, p: reference_top_p(probs, p) * probs[probs > 0.2].sum()
+    with pytest.raises(AssertionError, match="renormalized"):
+        check("Exercise 3", not_renormalized, ch.test_top_p)

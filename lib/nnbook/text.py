@@ -86,10 +86,10 @@ def train_val_test_split(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Split a 1-D id tensor in text order: train, then validation, then test.
 
-    The last ``test_fraction`` of the text is the test split (the book's Shakespeare corpus:
-    most of *A Midsummer Night's Dream*), the ``val_fraction`` before it validates (the end of
-    *The Tempest*), the rest trains. Curves and every choice use validation; the stated result
-    is measured on test once.
+    The last ``test_fraction`` of the text is the test split (in the book's Shakespeare corpus:
+    the last scene of *The Tempest* and all of *A Midsummer Night's Dream*), the
+    ``val_fraction`` before it validates (*The Tempest* from its second act), the rest trains.
+    Curves and every choice use validation; the stated result is measured on test once.
 
     Shapes:
         ``ids (N,)`` -> ``(N_train,)``, ``(N_val,)``, ``(N_test,)``.
