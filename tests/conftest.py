@@ -64,11 +64,55 @@ def build_book():
     return _build_book_module()
 
 
+def _chapter_notebooks() -> list[Path]:
+    import yaml
+
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
+    return [ROOT / f"{e['file']}.ipynb" for part in toc["parts"] for e in part["chapters"]
+            if e["file"].startswith("notebooks/")]
+
+
+CHAPTER_NOTEBOOKS = _chapter_notebooks()
+SMOKE_WORKERS = 2  # chapters executed at a time, one thread each
+
+
 @pytest.fixture(scope="session")
 def smoke_book(tmp_path_factory) -> dict:
-    """Where this session's smoke executions go: each chapter is executed once, by
-    tests/test_notebooks.py, and the site test renders those same executions.
+    """Where this session's smoke executions go: each chapter is executed once, and the site
+    test renders those same executions.
 
     Returns ``{"out": output root, "runs": {chapter name: run info}}``.
     """
     return {"out": tmp_path_factory.mktemp("smoke-book"), "runs": {}}
+
+
+def execute_smoke(build_book, smoke_book: dict, notebooks: list[Path], *, reuse: bool) -> None:
+    """Execute ``notebooks`` in smoke mode, two at a time, each kernel on one thread; their
+    run info goes into ``smoke_book["runs"]``."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    todo = [nb for nb in notebooks if nb.stem not in smoke_book["runs"]]
+    if not todo:
+        return
+    saved = dict(os.environ)
+    try:
+        os.environ.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+        build_book.environment("smoke", smoke_book["out"] / "_build" / "results")
+        store = build_book.cache_dir()
+        with ThreadPoolExecutor(max_workers=SMOKE_WORKERS) as pool:
+            runs = pool.map(lambda nb: build_book.run_chapter(nb, "smoke", smoke_book["out"], store=store,
+                                                              reuse=reuse), todo)
+            smoke_book["runs"].update({nb.stem: run for nb, run in zip(todo, runs)})
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+@pytest.fixture(scope="session")
+def smoke_runs(request, build_book, smoke_book) -> dict:
+    """The smoke executions of the chapters this session's notebook tests ask for (always executed
+    afresh: every run checks every selected chapter against the current lib)."""
+    wanted = {item.callspec.params["notebook"] for item in request.session.items
+              if item.originalname == "test_chapter_executes_in_smoke_mode"}
+    execute_smoke(build_book, smoke_book, [nb for nb in CHAPTER_NOTEBOOKS if nb in wanted], reuse=False)
+    return smoke_book["runs"]

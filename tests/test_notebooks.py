@@ -3,35 +3,24 @@
 The executions use the book's own build code (``tools/build_book.py``) and land in the session's
 smoke-book folder, where the site test (tests/test_site.py) renders them: each notebook is
 executed once per `make test`. They are also stored in the smoke-mode execution cache.
+
+Two chapters execute at a time, each kernel on one thread (``OMP_NUM_THREADS=1``), so the two
+cores are used without PyTorch's thread pools spinning against each other.
 """
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import pytest
-import yaml
+from conftest import CHAPTER_NOTEBOOKS
 
-ROOT = Path(__file__).resolve().parents[1]
-TOC = yaml.safe_load((ROOT / "_toc.yml").read_text())
-CHAPTERS = [ROOT / f"{e['file']}.ipynb" for part in TOC["parts"] for e in part["chapters"]
-            if e["file"].startswith("notebooks/")]
 SMOKE_SECONDS = 20  # the most one chapter may take in smoke mode
 
 pytestmark = pytest.mark.notebook
 
 
-@pytest.mark.parametrize("notebook", CHAPTERS, ids=lambda p: p.stem)
-def test_chapter_executes_in_smoke_mode(notebook, build_book, smoke_book):
-    saved = dict(os.environ)
-    try:
-        run = build_book.run_chapter(notebook, "smoke", smoke_book["out"], store=build_book.cache_dir(),
-                                     reuse=False)
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
-    smoke_book["runs"][notebook.stem] = run
+@pytest.mark.parametrize("notebook", CHAPTER_NOTEBOOKS, ids=lambda p: p.stem)
+def test_chapter_executes_in_smoke_mode(notebook, smoke_runs, smoke_book):
+    run = smoke_runs[notebook.stem]
     assert run["succeeded"], f"{notebook.name} failed in smoke mode:\n{run['error'][-6000:]}"
     result = smoke_book["out"] / "_build" / "results" / f"{notebook.stem}.json"
     assert result.is_file(), f"{notebook.name} stated no result (nnbook.expect)"

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import execute_smoke
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = yaml.safe_load((ROOT / "_config.yml").read_text())
@@ -44,12 +45,9 @@ def site(build_book, smoke_book) -> Path:
     """Render the site from this session's smoke executions (tests/test_notebooks.py); a chapter
     not executed yet in this session (e.g. when this file runs alone) is executed now."""
     out = smoke_book["out"]
+    execute_smoke(build_book, smoke_book, build_book.chapters(), reuse=True)
     saved = dict(os.environ)
     try:
-        for notebook in build_book.chapters():
-            if notebook.stem not in smoke_book["runs"]:
-                smoke_book["runs"][notebook.stem] = build_book.run_chapter(
-                    notebook, "smoke", out, store=build_book.cache_dir())
         failed = [name for name, run in smoke_book["runs"].items() if not run["succeeded"]]
         assert not failed, f"chapters failed to execute, so the site cannot be built: {failed}"
         code = build_book.render(out)
@@ -127,40 +125,63 @@ VISIBLE_TEXT = """() => {
 MATHJAX_DONE = """() => new Promise(resolve => MathJax.Hub.Queue(() => resolve(true)))"""
 
 
+@pytest.fixture(scope="module")
+def chapter_pages(browser) -> dict:
+    """Every chapter page opened at once (so their equations typeset in parallel), each read once
+    MathJax has finished: what the page shows, for the per-chapter checks below."""
+    context, base, blocked = browser
+    pages, errors = {}, {}
+    for chapter in CHAPTERS:
+        page = context.new_page()
+        errors[chapter] = []
+        page.on("pageerror", lambda e, c=chapter: errors[c].append(str(e)))
+        page.goto(base + f"{chapter}.html", wait_until="commit")
+        pages[chapter] = page
+    seen = {}
+    for chapter, page in pages.items():
+        page.wait_for_load_state("load")
+        page.wait_for_function("() => window.MathJax && MathJax.Hub && MathJax.isReady", timeout=60_000)
+        page.evaluate(MATHJAX_DONE)
+        repo = CONFIG["repository"]["url"].removeprefix("https://github.com/")
+        colab = (f"https://colab.research.google.com/github/{repo}/blob/"
+                 f"{CONFIG['repository']['branch']}/{chapter}.ipynb")
+        seen[chapter] = {
+            "rendered": page.locator(".MathJax, .MathJax_Display").count(),
+            "math_errors": page.locator(".merror, .MathJax_Error").count(),
+            "text": page.evaluate(VISIBLE_TEXT),
+            "figures": page.evaluate("""() => [...document.querySelectorAll('article img')]
+                .filter(img => img.complete && img.naturalWidth > 0).length"""),
+            "colab": colab, "colab_links": page.locator(f'a[href="{colab}"]').count(),
+            "title": page.locator("article h1").first.inner_text(),
+            "errors": errors[chapter],
+        }
+        page.close()
+    return seen
+
+
 @pytest.mark.parametrize("chapter", CHAPTERS, ids=lambda c: Path(c).name)
-def test_chapter_page_in_a_browser(browser, chapter):
+def test_chapter_page_in_a_browser(browser, chapter_pages, chapter):
     context, base, blocked = browser
     name = Path(chapter).name
+    seen = chapter_pages[chapter]
+    assert seen["rendered"] > 0, f"{name}: no equation was typeset by MathJax"
+    assert seen["math_errors"] == 0, f"{name}: MathJax reports a TeX error"
+    text = seen["text"]
+    for raw in ("$$", "\\(", "\\[", "\\begin{"):
+        around = text[max(text.find(raw) - 80, 0):][:200]
+        assert raw not in text, f"{name}: raw math {raw!r} left in the page: ...{around}"
+    assert seen["figures"] >= 1, f"{name}: no figure on the page"
+    assert seen["colab_links"] >= 1, f"{name}: no Colab link to {seen['colab']}"
+
     page = context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda e: errors.append(str(e)))
-    page.goto(base + f"{chapter}.html", wait_until="load")
-    page.wait_for_function("() => window.MathJax && MathJax.Hub && MathJax.isReady", timeout=30_000)
-    page.evaluate(MATHJAX_DONE)
-
-    rendered = page.locator(".MathJax, .MathJax_Display").count()
-    assert rendered > 0, f"{name}: no equation was typeset by MathJax"
-    assert page.locator(".merror, .MathJax_Error").count() == 0, f"{name}: MathJax reports a TeX error"
-    text = page.evaluate(VISIBLE_TEXT)
-    for raw in ("$$", "\\(", "\\[", "\\begin{"):
-        context = text[max(text.find(raw) - 80, 0):][:200]
-        assert raw not in text, f"{name}: raw math {raw!r} left in the page: ...{context}"
-
-    loaded = page.evaluate("""() => [...document.querySelectorAll('article img')]
-        .filter(img => img.complete && img.naturalWidth > 0).length""")
-    assert loaded >= 1, f"{name}: no figure on the page"
-
-    repo = CONFIG["repository"]["url"].removeprefix("https://github.com/")
-    colab = f"https://colab.research.google.com/github/{repo}/blob/{CONFIG['repository']['branch']}/{chapter}.ipynb"
-    assert page.locator(f'a[href="{colab}"]').count() >= 1, f"{name}: no Colab link to {colab}"
-
-    title = page.locator("article h1").first.inner_text()
-    words = [w for w in re.findall(r"[A-Za-z]{4,}", title)]
+    words = [w for w in re.findall(r"[A-Za-z]{4,}", seen["title"])]
     page.goto(base + "search.html?q=" + "+".join(words), wait_until="load")
     page.wait_for_function("() => document.querySelector('#search-results .search-summary, "
                            "#search-results p')", timeout=30_000)
     hits = page.eval_on_selector_all("#search-results ul.search li a", "links => links.map(a => a.href)")
     assert any(f"{chapter}.html" in h for h in hits), f"{name}: searching {words} found only {hits[:5]}"
-    assert not errors, f"{name}: JavaScript errors: {errors}"
+    assert not seen["errors"] + errors, f"{name}: JavaScript errors: {seen['errors'] + errors}"
     assert not blocked, f"pages tried to reach other hosts: {sorted(set(blocked))[:5]}"
     page.close()

