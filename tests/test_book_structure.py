@@ -105,6 +105,14 @@ def test_execution_cache_key_tracks_notebook_imported_lib_and_mode(tmp_path, mon
     monkeypatch.setenv("NNBOOK_SEED", "1")  # another initialization is another execution
     assert build_book.inputs_key(nb, "full") != key
     monkeypatch.delenv("NNBOOK_SEED")
+    cells = json.loads(nb.read_text())
+    cells["cells"].insert(0, {"cell_type": "markdown", "metadata": {}, "source": "# prose"})
+    nb.write_text(json.dumps(cells))
+    assert build_book.inputs_key(nb, "full") == key, "prose does not change the outputs"
+    cells["cells"][1]["source"] = "import nnbook  # changed code\n"
+    nb.write_text(json.dumps(cells))
+    assert build_book.inputs_key(nb, "full") != key
+    key = build_book.inputs_key(nb, "full")
     (lib / "attention.py").write_text("# a module this chapter does not import\n")
     assert build_book.inputs_key(nb, "full") == key
     (lib / "cache.py").write_text((lib / "cache.py").read_text() + "# changed\n")  # imported through text
@@ -112,6 +120,26 @@ def test_execution_cache_key_tracks_notebook_imported_lib_and_mode(tmp_path, mon
     key = build_book.inputs_key(nb, "full")
     (fake_root / "requirements.txt").write_text("torch==0.0\n")
     assert build_book.inputs_key(nb, "full") != key
+
+
+def test_stored_outputs_go_into_the_current_prose(tmp_path, build_book):
+    import nbformat
+
+    nb = _notebook(tmp_path / "01_x.ipynb", "print(1)\n", "x = 2\n")
+    done = nbformat.read(nb, as_version=4)
+    done.cells[0].outputs = [nbformat.v4.new_output("stream", name="stdout", text="1\n")]
+    done.cells[0].execution_count = 1
+    nbformat.write(done, tmp_path / "executed.ipynb")
+    current = json.loads(nb.read_text())
+    current["cells"].insert(1, {"cell_type": "markdown", "metadata": {}, "source": "new prose"})
+    nb.write_text(json.dumps(current))
+    merged = build_book.with_stored_outputs(nb, tmp_path / "executed.ipynb")
+    assert [c.cell_type for c in merged.cells] == ["code", "markdown", "code"]
+    assert merged.cells[0].outputs[0].text == "1\n" and merged.cells[1].source == "new prose"
+    current["cells"][0]["source"] = "print(3)\n"
+    nb.write_text(json.dumps(current))
+    with pytest.raises(ValueError, match="is not an execution of the code"):
+        build_book.with_stored_outputs(nb, tmp_path / "executed.ipynb")
 
 
 def test_cell_timeout_is_set_once_and_jupyter_book_executes_nothing(build_book):

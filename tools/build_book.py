@@ -16,13 +16,15 @@ states with ``nnbook.expect``.
 
 Execution cache. An executed notebook is stored, with its recorded result and its time, under
 ``$NNBOOK_EXEC_CACHE`` (default ``~/.cache/nnbook/executed``), keyed by a SHA-256 of everything
-that can change its outputs: the mode, the notebook file, the ``nnbook`` modules it imports
-(directly or through other modules of the library), ``requirements.txt`` and ``pyproject.toml``.
-When nothing of that changed since the last build, the stored execution is reused and the table
-says so (with its date). Pass ``--fresh`` (or set ``NNBOOK_EXEC_CACHE=off``) to execute
-everything regardless. The test suite executes every chapter in smoke mode on each run (and
-stores those executions, which its site build then reuses), so a lib change that a full-mode
-chapter does not import is still run against that chapter, in smoke mode.
+that can change its outputs: the mode, the notebook's code cells, the ``nnbook`` modules it
+imports (directly or through other modules of the library), ``requirements.txt``,
+``pyproject.toml``, ``NNBOOK_SEED`` and ``NNBOOK_DEVICE``. When nothing of that changed since the
+last build, the stored outputs are reused, put into the notebook as it is now (so a change of
+prose alone shows without executing the chapter again), and the table says so (with its date).
+Pass ``--fresh`` (or set ``NNBOOK_EXEC_CACHE=off``) to execute everything regardless. The test
+suite executes every chapter in smoke mode on each run (and stores those executions, which its
+site build then reuses), so a lib change that a full-mode chapter does not import is still run
+against that chapter, in smoke mode.
 
 The cell timeout is ``execute.timeout`` in ``_config.yml``, the one place it is set.
 """
@@ -110,15 +112,38 @@ def lib_dependencies(notebook: Path, lib: Path | None = None) -> list[Path]:
     return sorted(files)
 
 
+def code_cells(nb: nbformat.NotebookNode) -> list[nbformat.NotebookNode]:
+    return [c for c in nb.cells if c.cell_type == "code"]
+
+
 def inputs_key(notebook: Path, mode: str) -> str:
-    """SHA-256 of everything an execution depends on (the seed offset and device override too)."""
+    """SHA-256 of everything an execution's outputs depend on: the notebook's code cells (not
+    its prose), the library modules it imports, the pinned requirements, the mode, and the seed
+    offset and device override."""
     overrides = {name: os.environ.get(name, "").strip() for name in ("NNBOOK_SEED", "NNBOOK_DEVICE")}
     h = hashlib.sha256(f"mode={mode}\n{sorted(overrides.items())}\n".encode())
-    deps = [notebook, ROOT / "requirements.txt", ROOT / "pyproject.toml",
+    code = [c.source for c in code_cells(nbformat.read(notebook, as_version=4))]
+    h.update(json.dumps(code).encode() + b"\0")
+    deps = [ROOT / "requirements.txt", ROOT / "pyproject.toml",
             *lib_dependencies(notebook, ROOT / "lib" / "nnbook")]
     for path in deps:
         h.update(str(path.relative_to(ROOT)).encode() + b"\0" + path.read_bytes() + b"\0")
     return h.hexdigest()
+
+
+def with_stored_outputs(notebook: Path, executed: Path) -> nbformat.NotebookNode:
+    """The current notebook (its prose as it is now) with the outputs of a stored execution of
+    the same code cells."""
+    nb, done = nbformat.read(notebook, as_version=4), nbformat.read(executed, as_version=4)
+    current, stored = code_cells(nb), code_cells(done)
+    if [c.source for c in current] != [c.source for c in stored]:
+        raise ValueError(f"{executed} is not an execution of the code of {notebook.name}")
+    for cell, run in zip(current, stored):
+        cell.outputs, cell.execution_count = run.outputs, run.execution_count
+        if "execution" in run.metadata:
+            cell.metadata["execution"] = run.metadata["execution"]
+    nb.metadata = done.metadata  # the kernel and language information of the execution
+    return nb
 
 
 def cache_dir() -> Path | None:
@@ -180,7 +205,7 @@ def run_chapter(notebook: Path, mode: str, out: Path, *, store: Path | None, reu
     (results / f"{name}.json").unlink(missing_ok=True)
     if reuse and entry is not None and (entry / "meta.json").is_file():
         meta = json.loads((entry / "meta.json").read_text())
-        shutil.copyfile(entry / "executed.ipynb", target)
+        nbformat.write(with_stored_outputs(notebook, entry / "executed.ipynb"), target)
         if (entry / "result.json").is_file():
             shutil.copyfile(entry / "result.json", results / f"{name}.json")
         print(f"[{name}] unchanged since {meta['executed_at']}: reusing its execution "
