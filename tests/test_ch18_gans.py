@@ -242,17 +242,6 @@ def test_judge_samples_counts_only_confident_images():
     assert ch.judge_samples(judge, images, threshold=0.4)[0] == 1.0
 
 
-def test_the_stated_share_counts_only_when_all_ten_digits_occur():
-    even = torch.full((10,), 90)
-    assert ch.share_if_all_digits(0.9, even) == 0.9
-    skewed = even.clone()
-    skewed[3], skewed[6] = 180, 0                        # one digit twice as common, one missing
-    assert ch.share_if_all_digits(0.9, skewed) == 0.0
-    uneven = torch.tensor([1, 400, 90, 90, 90, 90, 90, 90, 90, 90])  # uneven, but all present
-    assert ch.share_if_all_digits(0.42, uneven) == 0.42
-    assert ch.share_if_all_digits(0.0, torch.zeros(10, dtype=torch.long)) == 0.0
-
-
 def test_make_judge_maps_images_to_ten_logits_per_image():
     torch.manual_seed(0)
     judge = ch.make_judge().eval()
