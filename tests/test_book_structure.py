@@ -77,8 +77,8 @@ def test_ruff_is_clean_on_lib_tests_notebooks_and_tools():
 
 
 def _notebook(path: Path, *sources: str) -> Path:
-    cells = [{"cell_type": "code", "metadata": {}, "source": src, "outputs": [], "execution_count": None}
-             for src in sources]
+    cells = [{"id": f"c{i}", "cell_type": "code", "metadata": {}, "source": src, "outputs": [],
+              "execution_count": None} for i, src in enumerate(sources)]
     path.write_text(json.dumps({"cells": cells, "metadata": {}, "nbformat": 4, "nbformat_minor": 5}))
     return path
 
@@ -106,7 +106,7 @@ def test_execution_cache_key_tracks_notebook_imported_lib_and_mode(tmp_path, mon
     assert build_book.inputs_key(nb, "full") != key
     monkeypatch.delenv("NNBOOK_SEED")
     cells = json.loads(nb.read_text())
-    cells["cells"].insert(0, {"cell_type": "markdown", "metadata": {}, "source": "# prose"})
+    cells["cells"].insert(0, {"id": "m0", "cell_type": "markdown", "metadata": {}, "source": "# prose"})
     nb.write_text(json.dumps(cells))
     assert build_book.inputs_key(nb, "full") == key, "prose does not change the outputs"
     cells["cells"][1]["source"] = "import nnbook  # changed code\n"
@@ -131,7 +131,7 @@ def test_stored_outputs_go_into_the_current_prose(tmp_path, build_book):
     done.cells[0].execution_count = 1
     nbformat.write(done, tmp_path / "executed.ipynb")
     current = json.loads(nb.read_text())
-    current["cells"].insert(1, {"cell_type": "markdown", "metadata": {}, "source": "new prose"})
+    current["cells"].insert(1, {"id": "m1", "cell_type": "markdown", "metadata": {}, "source": "new prose"})
     nb.write_text(json.dumps(current))
     merged = build_book.with_stored_outputs(nb, tmp_path / "executed.ipynb")
     assert [c.cell_type for c in merged.cells] == ["code", "markdown", "code"]
