@@ -64,15 +64,7 @@ def build_book():
     return _build_book_module()
 
 
-def _chapter_notebooks() -> list[Path]:
-    import yaml
-
-    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
-    return [ROOT / f"{e['file']}.ipynb" for part in toc["parts"] for e in part["chapters"]
-            if e["file"].startswith("notebooks/")]
-
-
-CHAPTER_NOTEBOOKS = _chapter_notebooks()
+CHAPTER_NOTEBOOKS = _build_book_module().chapters()  # the notebooks of _toc.yml, in book order
 SMOKE_WORKERS = 2  # chapters executed at a time, one thread each
 
 
@@ -96,8 +88,7 @@ def execute_smoke(build_book, smoke_book: dict, notebooks: list[Path], *, reuse:
         return
     saved = dict(os.environ)
     try:
-        os.environ.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-        build_book.environment("smoke", smoke_book["out"] / "_build" / "results")
+        os.environ.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")  # run_chapter sets the rest
         store = build_book.cache_dir()
         with ThreadPoolExecutor(max_workers=SMOKE_WORKERS) as pool:
             runs = pool.map(lambda nb: build_book.run_chapter(nb, "smoke", smoke_book["out"], store=store,
