@@ -39,6 +39,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -47,6 +48,9 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE_VARIABLE = "NNBOOK_EXEC_CACHE"
+# Python 3.11's ast.parse is not safe to call from two threads at once ("AST constructor
+# recursion depth mismatch"), and the test suite executes chapters from two threads.
+_PARSE_LOCK = threading.Lock()
 
 
 def cell_timeout() -> int:
@@ -65,7 +69,9 @@ def _imported_lib_modules(source: str, package: str = "nnbook") -> set[str]:
     """Names (``"nnbook.mnist"``) of the library modules a piece of Python imports."""
     lines = [line for line in source.splitlines() if not line.lstrip().startswith(("%", "!"))]
     found = set()
-    for node in ast.walk(ast.parse("\n".join(lines))):
+    with _PARSE_LOCK:
+        tree = ast.parse("\n".join(lines))
+    for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             found |= {a.name for a in node.names if a.name.split(".")[0] == "nnbook"}
         elif isinstance(node, ast.ImportFrom):
