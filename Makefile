@@ -1,14 +1,15 @@
 # Two commands set up and run everything on a fresh machine:
 #   make book   build the site into _build/html, executing every chapter in full mode
 #   make test   the whole test suite (lint, lib tests, notebooks in smoke mode, the site in a browser)
-# Also: make lab (JupyterLab on the notebooks), make clean.
+# Also: make lab (JupyterLab on the notebooks), make assignments (course assignments with
+# otter-grader, into _build/assignments), make clean.
 
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: book test lab clean
+.PHONY: book test lab assignments clean
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,6 +22,9 @@ book: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest
+
+assignments: $(STAMP)
+	$(PY) tools/make_assignments.py
 
 lab: $(STAMP)
 	$(VENV)/bin/jupyter lab notebooks/

@@ -155,15 +155,22 @@ def test_unknown_activation_is_rejected_with_the_choices():
         ch.ManualMLP(d_in=2, d_hidden=3, d_out=2, activation="gelu")
 
 
-def test_exercise_2_sigmoid(capsys):
-    before = dict(ch.PHI)
-    assert check("Exercise 2", ch.sigmoid_pair, ch.test_sigmoid) is None
-    assert "not attempted yet" in capsys.readouterr().out
+def solved_sigmoid_pair():
+    """A reference solution of exercise 2: the sigmoid and its derivative
+    phi'(z) = phi(z) (1 - phi(z))."""
 
     def sigmoid_prime(z):
         return torch.sigmoid(z) * (1 - torch.sigmoid(z))
 
-    assert check("Exercise 2", lambda: (torch.sigmoid, sigmoid_prime), ch.test_sigmoid)
+    return torch.sigmoid, sigmoid_prime
+
+
+def test_exercise_2_sigmoid(capsys):
+    before = dict(ch.PHI)
+    assert check("Exercise 2", ch.sigmoid_pair, ch.test_sigmoid) is None
+    assert "not attempted yet" in capsys.readouterr().out
+    sigmoid_prime = solved_sigmoid_pair()[1]
+    assert check("Exercise 2", solved_sigmoid_pair, ch.test_sigmoid)
     with pytest.raises(AssertionError, match="gradcheck failed"):  # phi' written as phi
         check("Exercise 2", lambda: (torch.sigmoid, torch.sigmoid), ch.test_sigmoid)
     with pytest.raises(AssertionError, match="phi must be the sigmoid"):

@@ -193,10 +193,16 @@ def test_residual_gradient_grows_mildly_toward_the_input(seed):
     assert 0.5 * (7 / 6) ** 12 < ratio < 2 * (7 / 6) ** 12, f"got {ratio:.2f} over 12 layers"
 
 
+def solved_he_bound(n):
+    """A reference solution of exercise 2: U(-a, a) has variance a^2 / 3; setting it to
+    He's 2 / n gives a = sqrt(6 / n)."""
+    return math.sqrt(6 / n)
+
+
 def test_exercise_2_he_bound(capsys):
     assert check("Exercise 2", ch.he_bound, ch.test_he_bound) is None
     assert "not attempted yet" in capsys.readouterr().out
-    assert check("Exercise 2", lambda n: math.sqrt(6 / n), ch.test_he_bound)
+    assert check("Exercise 2", solved_he_bound, ch.test_he_bound)
     with pytest.raises(AssertionError, match="should be 1; got 0.5000"):  # Var = 2/n forgotten
         check("Exercise 2", lambda n: math.sqrt(3 / n), ch.test_he_bound)
     with pytest.raises(AssertionError, match="not None"):

@@ -170,7 +170,7 @@ def test_horizon_counts_steps_before_the_first_miss():
     assert ch.horizon(pred + 1, truth, 0.1) == 0
 
 
-def _dual_solution(Z, Y, lam):
+def solved_ridge_dual(Z, Y, lam):
     K = Z @ Z.T + lam * torch.eye(Z.shape[0], dtype=Z.dtype)  # (T, T)
     return (Z.T @ torch.linalg.solve(K, Y)).T  # (D_out, F)
 
@@ -178,9 +178,9 @@ def _dual_solution(Z, Y, lam):
 def test_exercise_ridge_dual(capsys):
     assert check("Exercise 3", ch.ridge_dual, ch.test_ridge_dual) is None
     assert "not attempted yet" in capsys.readouterr().out
-    assert check("Exercise 3", _dual_solution, ch.test_ridge_dual) is True
+    assert check("Exercise 3", solved_ridge_dual, ch.test_ridge_dual) is True
     with pytest.raises(AssertionError, match="dual form should equal"):  # penalty forgotten
-        check("Exercise 3", lambda Z, Y, lam: _dual_solution(Z, Y, 0.0), ch.test_ridge_dual)
+        check("Exercise 3", lambda Z, Y, lam: solved_ridge_dual(Z, Y, 0.0), ch.test_ridge_dual)
     with pytest.raises(TypeError, match="must be a function"):  # a result is not an answer
-        check("Exercise 3", _dual_solution(torch.eye(2), torch.ones(2, 1), 1.0),
+        check("Exercise 3", solved_ridge_dual(torch.eye(2), torch.ones(2, 1), 1.0),
               ch.test_ridge_dual)

@@ -172,7 +172,7 @@ def test_train_seq2seq_learns_and_records_validation(dates, capsys):
     assert "validation exact match" in capsys.readouterr().out
 
 
-def reference_general_attention(s, h, mask, W):
+def solved_general_attention(s, h, mask, W):
     e = torch.einsum("bh,hk,bsk->bs", s, W, h).masked_fill(~mask, float("-inf"))
     alpha = e.softmax(-1)
     return (alpha[..., None] * h).sum(1), alpha
@@ -186,7 +186,7 @@ def unmasked_general_attention(s, h, mask, W):
 def test_exercise_general_attention(capsys):
     assert check("Exercise 3", ch.general_attention, ch.test_general) is None
     assert "not attempted yet" in capsys.readouterr().out
-    assert check("Exercise 3", reference_general_attention, ch.test_general) is True
+    assert check("Exercise 3", solved_general_attention, ch.test_general) is True
     with pytest.raises(AssertionError, match="padding 0"):
         check("Exercise 3", unmasked_general_attention, ch.test_general)
     with pytest.raises(AssertionError, match=r"\(c, alpha\)"):

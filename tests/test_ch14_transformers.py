@@ -231,14 +231,14 @@ def test_seq_loss_is_the_mean_cross_entropy_over_characters():
     torch.testing.assert_close(ch.seq_loss(logits, y), want)
 
 
-def reference_combined_mask(key_is_pad, T):
+def solved_combined_mask(key_is_pad, T):
     return ch.causal_mask(T) & ch.padding_mask(key_is_pad)
 
 
 def test_exercise_combined_mask(capsys):
     assert check("Exercise 3", ch.combined_mask, ch.test_combined) is None
     assert "not attempted yet" in capsys.readouterr().out
-    assert check("Exercise 3", reference_combined_mask, ch.test_combined) is True
+    assert check("Exercise 3", solved_combined_mask, ch.test_combined) is True
     with pytest.raises(AssertionError, match="expected"):  # causal only: padding forgotten
         check("Exercise 3", lambda pad, T: ch.causal_mask(T).expand(len(pad), 1, T, T), ch.test_combined)
     with pytest.raises(AssertionError, match=r"\(B, 1, T, T\)"):

@@ -217,7 +217,7 @@ def test_bigram_example_of_the_intuition():
     assert ch.p_sequence("aa", p_next, p_first) == 0.0
 
 
-def reference_top_p(probs, p):
+def solved_top_p_filter(probs, p):
     sorted_p, order = probs.sort(descending=True)
     keep = sorted_p.cumsum(0) - sorted_p < p  # the mass before this one is still below p
     out = torch.zeros_like(probs)
@@ -228,7 +228,7 @@ def reference_top_p(probs, p):
 def test_exercise_top_p(capsys):
     assert check("Exercise 3", ch.top_p_filter, ch.test_top_p) is None
     assert "not attempted yet" in capsys.readouterr().out
-    assert check("Exercise 3", reference_top_p, ch.test_top_p) is True
-    not_renormalized = lambda probs, p: reference_top_p(probs, p) * probs[probs > 0.2].sum()
+    assert check("Exercise 3", solved_top_p_filter, ch.test_top_p) is True
+    not_renormalized = lambda probs, p: solved_top_p_filter(probs, p) * probs[probs > 0.2].sum()
     with pytest.raises(AssertionError, match="renormalized"):
         check("Exercise 3", not_renormalized, ch.test_top_p)

@@ -252,7 +252,11 @@ def test_make_judge_maps_images_to_ten_logits_per_image():
 
 # ---------------------------------------------------------------- exercise 2
 
-def _jsd_solution(mu1, s1, mu2, s2, window=None):
+def solved_jsd_gaussians(mu1, s1, mu2, s2, *, window=None):
+    """A reference solution of exercise 2: integrate the two halves of the JSD numerically
+    over mu +- 12 sigma of both Gaussians (or a given ``window``, to make a wrong answer)."""
+    from scipy import stats
+
     p, q = stats.norm(mu1, s1), stats.norm(mu2, s2)
     lo, hi = min(mu1 - 12 * s1, mu2 - 12 * s2), max(mu1 + 12 * s1, mu2 + 12 * s2)
     lo, hi = window or (lo, hi)
@@ -268,9 +272,9 @@ def _jsd_solution(mu1, s1, mu2, s2, window=None):
 def test_exercise_jsd_stub_solution_and_wrong_answer(capsys):
     assert check("Exercise 2", ch.jsd_gaussians, ch.test_jsd) is None
     assert "not attempted yet" in capsys.readouterr().out
-    assert check("Exercise 2", _jsd_solution, ch.test_jsd) is True
+    assert check("Exercise 2", solved_jsd_gaussians, ch.test_jsd) is True
     with pytest.raises(AssertionError, match="should be"):   # KL(p || q) instead of the JSD
         check("Exercise 2", lambda m1, s1, m2, s2: math.log(s2 / s1)
               + (s1 ** 2 + (m1 - m2) ** 2) / (2 * s2 ** 2) - 0.5, ch.test_jsd)
     with pytest.raises(AssertionError, match="log 2"):       # a fixed window misses N(40, 1)
-        check("Exercise 2", lambda *a: _jsd_solution(*a, window=(-12, 12)), ch.test_jsd)
+        check("Exercise 2", lambda *a: solved_jsd_gaussians(*a, window=(-12, 12)), ch.test_jsd)

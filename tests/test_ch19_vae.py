@@ -229,16 +229,16 @@ def test_interpolation_ends_at_the_two_digits():
 
 # ---------------------------------------------------------------- exercise 2
 
-def _kl_1d_solution(mu1, var1, mu2, var2):
+def solved_kl_1d(mu1, var1, mu2, var2):
     return 0.5 * (math.log(var2) - math.log(var1) + (var1 + (mu1 - mu2) ** 2) / var2 - 1)
 
 
 def test_exercise_kl_1d_stub_solution_and_wrong_answers(capsys):
     assert check("Exercise 2", ch.kl_1d, ch.test_kl_1d) is None
     assert "not attempted yet" in capsys.readouterr().out
-    assert check("Exercise 2", _kl_1d_solution, ch.test_kl_1d) is True
+    assert check("Exercise 2", solved_kl_1d, ch.test_kl_1d) is True
     with pytest.raises(AssertionError, match="should be"):      # the reversed KL(p || q)
-        check("Exercise 2", lambda m1, v1, m2, v2: _kl_1d_solution(m2, v2, m1, v1), ch.test_kl_1d)
+        check("Exercise 2", lambda m1, v1, m2, v2: solved_kl_1d(m2, v2, m1, v1), ch.test_kl_1d)
     with pytest.raises(AssertionError, match="should be"):      # standard deviations for variances
-        check("Exercise 2", lambda m1, v1, m2, v2: _kl_1d_solution(m1, v1 ** 0.5, m2, v2 ** 0.5),
+        check("Exercise 2", lambda m1, v1, m2, v2: solved_kl_1d(m1, v1 ** 0.5, m2, v2 ** 0.5),
               ch.test_kl_1d)
