@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ os.environ["NNBOOK_SITE"] = "1"  # plain-text progress in executed notebooks
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tools"))  # chapters.load_chapter, the build and its helpers
 
 
 @pytest.fixture

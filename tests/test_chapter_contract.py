@@ -1,7 +1,7 @@
 """The chapter contract: what every chapter notebook must do, checked on all of them.
 
 - Cells tagged ``definitions`` only define (imports, functions, classes, constants) and run
-  quietly; ``tests/chapters.py`` imports them, and every chapter has a test module that does.
+  quietly; ``tools/chapters.py`` imports them, and every chapter has a test module that does.
 - No function or class body is written both in a notebook and in ``tests/``.
 - A chapter states its result with exactly one ``nnbook.expect`` call and never branches on the
   mode or reads the environment.

@@ -1,4 +1,5 @@
-"""Import a chapter's definitions straight from its notebook, so tests test the chapter's code.
+"""Import a chapter's definitions straight from its notebook, so tests (and tools such as the
+chapter 16 training script for several processes) use the chapter's own code.
 
 A chapter marks the cells that only *define* things (imports, functions, classes, config
 dataclasses, constants) with the cell tag ``definitions``. :func:`load_chapter` executes exactly
