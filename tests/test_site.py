@@ -50,7 +50,8 @@ def site(build_book, smoke_book) -> Path:
     try:
         failed = [name for name, run in smoke_book["runs"].items() if not run["succeeded"]]
         assert not failed, f"chapters failed to execute, so the site cannot be built: {failed}"
-        code = build_book.render(out)
+        page = build_book.results_page(smoke_book["runs"], out / "_build" / "results", "smoke")
+        code = build_book.render(out, {"book/results.md": page})
     finally:
         os.environ.clear()
         os.environ.update(saved)
@@ -67,6 +68,19 @@ def test_every_chapter_page_was_built_with_its_result(site):
         assert (site / f"{chapter}.html").is_file(), chapter
         record = json.loads((results / f"{Path(chapter).name}.json").read_text())
         assert record["mode"] == "smoke"
+
+
+def test_results_page_lists_every_chapter_with_its_recorded_value(site, build_book):
+    """The generated scoreboard: one row per chapter, the value each chapter recorded, and the
+    smoke-mode warning (this build's results are not checked)."""
+    page = (site / "book" / "results.html").read_text()
+    assert "This build ran the chapters in smoke mode" in page
+    for chapter in CHAPTERS:
+        name = Path(chapter).name
+        record = json.loads((site.parent / "results" / f"{name}.json").read_text())
+        row = re.search(rf"<tr[^>]*>\s*<td[^>]*>.*?{re.escape(name)}.*?</tr>", page, re.S)
+        assert row, f"{name}: no row on the results page"
+        assert build_book.format_value(record["value"]) in row.group(0), name
 
 
 def test_no_page_loads_anything_from_another_host(site):
