@@ -5,6 +5,7 @@ checks what each chapter's code must do.)
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import re
 import shutil
@@ -118,8 +119,20 @@ def test_execution_cache_key_tracks_notebook_imported_lib_and_mode(tmp_path, mon
     (lib / "cache.py").write_text((lib / "cache.py").read_text() + "# changed\n")  # imported through text
     assert build_book.inputs_key(nb, "full") != key
     key = build_book.inputs_key(nb, "full")
-    (fake_root / "requirements.txt").write_text("torch==0.0\n")
-    assert build_book.inputs_key(nb, "full") != key
+    (fake_root / "requirements.txt").write_text("otter-grader==0.0\n")
+    assert build_book.inputs_key(nb, "full") == key, "a pin for tools or tests re-executes nothing"
+    real = importlib.metadata.version
+    monkeypatch.setattr(importlib.metadata, "version",
+                        lambda name: "0.0" if name == "numpy" else real(name))
+    assert build_book.inputs_key(nb, "full") != key, "a new numpy re-executes the chapter"
+
+
+def test_package_versions_follow_imports_and_their_requirements(build_book):
+    """scikit-learn brings scipy (its requirement) but not torch; no import, only Python."""
+    names = {v.split("==")[0] for v in build_book.package_versions(["from sklearn import svm"])}
+    assert {"scikit-learn", "scipy", "numpy", "python"} <= names and "torch" not in names
+    assert build_book.package_versions(["import math\nx = 1"]) == [
+        f"python=={sys.version.split()[0]}"]
 
 
 def test_stored_outputs_go_into_the_current_prose(tmp_path, build_book):

@@ -17,8 +17,9 @@ states with ``nnbook.expect``.
 Execution cache. An executed notebook is stored, with its recorded result and its time, under
 ``$NNBOOK_EXEC_CACHE`` (default ``~/.cache/nnbook/executed``), keyed by a SHA-256 of everything
 that can change its outputs: the mode, the notebook's code cells, the ``nnbook`` modules it
-imports (directly or through other modules of the library), ``requirements.txt``,
-``pyproject.toml``, ``NNBOOK_SEED`` and ``NNBOOK_DEVICE``. When nothing of that changed since the
+imports (directly or through other modules of the library), the installed versions of the
+packages that code imports and of everything they require, the Python version, ``NNBOOK_SEED``
+and ``NNBOOK_DEVICE``. When nothing of that changed since the
 last build, the stored outputs are reused, put into the notebook as it is now (so a change of
 prose alone shows without executing the chapter again), and the table says so (with its date).
 Pass ``--fresh`` (or set ``NNBOOK_EXEC_CACHE=off``) to execute everything regardless. The test
@@ -33,7 +34,9 @@ from __future__ import annotations
 
 import argparse
 import ast
+import functools
 import hashlib
+import importlib.metadata
 import json
 import os
 import shutil
@@ -124,17 +127,75 @@ def code_cells(nb: nbformat.NotebookNode) -> list[nbformat.NotebookNode]:
 
 def inputs_key(notebook: Path, mode: str) -> str:
     """SHA-256 of everything an execution's outputs depend on: the notebook's code cells (not
-    its prose), the library modules it imports, the pinned requirements, the mode, and the seed
+    its prose), the library modules it imports, the versions of the packages they import, the
+    mode, and the seed
     offset and device override."""
     overrides = {name: os.environ.get(name, "").strip() for name in ("NNBOOK_SEED", "NNBOOK_DEVICE")}
     h = hashlib.sha256(f"mode={mode}\n{sorted(overrides.items())}\n".encode())
     code = [c.source for c in code_cells(nbformat.read(notebook, as_version=4))]
     h.update(json.dumps(code).encode() + b"\0")
-    deps = [ROOT / "requirements.txt", ROOT / "pyproject.toml",
-            *lib_dependencies(notebook, ROOT / "lib" / "nnbook")]
+    deps = lib_dependencies(notebook, ROOT / "lib" / "nnbook")
     for path in deps:
         h.update(str(path.relative_to(ROOT)).encode() + b"\0" + path.read_bytes() + b"\0")
+    sources = [*code, *(path.read_text() for path in deps)]
+    h.update("\n".join(package_versions(sources)).encode())
     return h.hexdigest()
+
+
+def _imported_top_level(source: str) -> set[str]:
+    """Top-level names of the modules a piece of Python imports (``torch``, ``sklearn``)."""
+    lines = [line for line in source.splitlines() if not line.lstrip().startswith(("%", "!"))]
+    with _PARSE_LOCK:
+        tree = ast.parse("\n".join(lines))
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            found.add(node.module.split(".")[0])
+    return found
+
+
+@functools.cache
+def _distributions_of_modules() -> dict[str, list[str]]:
+    return importlib.metadata.packages_distributions()
+
+
+@functools.cache
+def _closure(distribution: str) -> frozenset[str]:
+    """A distribution and everything it requires (without extras), as installed."""
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    seen, todo = set(), [canonicalize_name(distribution)]
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        try:
+            requires = importlib.metadata.requires(name) or []
+        except importlib.metadata.PackageNotFoundError:
+            continue
+        seen.add(name)
+        for line in requires:
+            req = Requirement(line)
+            if req.marker is None or req.marker.evaluate({"extra": ""}):
+                todo.append(canonicalize_name(req.name))
+    return frozenset(seen)
+
+
+def package_versions(sources: list[str]) -> list[str]:
+    """``name==version`` of every installed distribution the given code imports, and of all
+    they require: what a chapter's outputs can depend on. A pin added to requirements.txt for
+    a tool or a test (or another chapter) therefore re-executes no chapter; a new torch, numpy
+    or scikit-learn re-executes the chapters that use it."""
+    modules = set().union(*(_imported_top_level(src) for src in sources)) - {"nnbook"}
+    names = set()
+    for module in modules:
+        for distribution in _distributions_of_modules().get(module, []):
+            names |= _closure(distribution)
+    versions = [f"{n}=={importlib.metadata.version(n)}" for n in names]
+    return sorted(versions + [f"python=={sys.version.split()[0]}"])
 
 
 def with_stored_outputs(notebook: Path, executed: Path) -> nbformat.NotebookNode:
