@@ -15,7 +15,9 @@ from conftest import CHAPTER_NOTEBOOKS
 
 # The most one chapter may take in smoke mode, on the one core it gets while another chapter runs
 # on the other (kernel start and imports included): a guard against smoke sizes creeping up.
-SMOKE_SECONDS = 30
+# About 12 s of it is fixed (kernel, setup cell, imports); chapters with many sections (22, 23)
+# take 28-30 s on this 2-core machine.
+SMOKE_SECONDS = 40
 
 pytestmark = pytest.mark.notebook
 

@@ -121,15 +121,28 @@ def _function_lines(source: str, name: str) -> tuple[int, int]:
     return start, node.end_lineno - 1
 
 
-def question_cell(source: str, stub: str, solved: str) -> str:
-    """The stub's definitions cell with the stub as the student's prompt and the reference
-    solution in otter's solution block."""
+def question_cell(source: str, ex: Exercise, solved: str) -> str:
+    """One question's code: the stub as the student's prompt, the reference solution in
+    otter's solution block, then the chapter's test function."""
     lines = source.splitlines()
-    first, last = _function_lines(source, stub)
+    first, last = _function_lines(source, ex.stub)
     prompt = lines[first:last + 1]
     block = ['""" # BEGIN PROMPT', *prompt, '""" # END PROMPT',
              "# BEGIN SOLUTION NO PROMPT", *solved.splitlines(), "# END SOLUTION"]
-    return "\n".join(lines[:first] + block + lines[last + 1:])
+    first, last = _function_lines(source, ex.test)
+    return "\n".join(block + ["", ""] + lines[first:last + 1])
+
+
+def rest_of_cell(source: str, names: list[str]) -> str:
+    """A definitions cell without the functions ``names`` (the exercises' stubs and tests)."""
+    lines = source.splitlines()
+    drop = set()
+    for name in names:
+        first, last = _function_lines(source, name)
+        drop |= set(range(first, last + 1))
+    kept = "\n".join(line for k, line in enumerate(lines) if k not in drop).strip()
+    code = [line for line in kept.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    return kept if code else ""
 
 
 def _config(notebook: Path) -> str:
@@ -181,13 +194,31 @@ def _tests(ex: Exercise, test_source: str) -> list[nbformat.NotebookNode]:
     return [nbformat.v4.new_code_cell(public), nbformat.v4.new_code_cell(hidden)]
 
 
+def _question(notebook: Path, source: str, ex: Exercise) -> list[nbformat.NotebookNode]:
+    """The otter cells of one question: config, prompt, solution, public and hidden tests."""
+    test_source = ast.get_source_segment(source, _defines(source, ex.test))
+    return [nbformat.v4.new_raw_cell(
+                f"# BEGIN QUESTION\nname: {ex.name}\npoints: 1\nall_or_nothing: true"),
+            nbformat.v4.new_markdown_cell(f"**{ex.title}.** Complete `{ex.stub}` below; the "
+                                          "chapter's check tests it."),
+            nbformat.v4.new_raw_cell("# BEGIN SOLUTION"),
+            nbformat.v4.new_code_cell(question_cell(source, ex, solution(notebook, ex.stub))),
+            nbformat.v4.new_raw_cell("# END SOLUTION"),
+            nbformat.v4.new_raw_cell("# BEGIN TESTS"),
+            *_tests(ex, test_source),
+            nbformat.v4.new_raw_cell("# END TESTS"),
+            nbformat.v4.new_raw_cell("# END QUESTION")]
+
+
 def master(notebook: Path) -> nbformat.NotebookNode:
     """The otter-grader master notebook of a chapter's exercises."""
     nb = nbformat.read(notebook, as_version=4)
     found = exercises(nb)
     if not found:
         raise ValueError(f"{notebook.name} has no coding exercises")
-    by_stub_cell = {ex.stub_cell: ex for ex in found}
+    by_stub_cell: dict[int, list[Exercise]] = {}
+    for ex in found:
+        by_stub_cell.setdefault(ex.stub_cell, []).append(ex)
     title = nb.cells[0].source.splitlines()[0].lstrip("# ").strip()
     cells = [nbformat.v4.new_raw_cell(_config(notebook)),
              nbformat.v4.new_markdown_cell(
@@ -205,21 +236,12 @@ def master(notebook: Path) -> nbformat.NotebookNode:
             cells.append(nbformat.v4.new_code_cell(cell.source))
     for i, cell in enumerate(nb.cells[start:], start):
         if i in by_stub_cell:
-            ex = by_stub_cell[i]
-            test_node = _defines(cell.source, ex.test)
-            test_source = ast.get_source_segment(cell.source, test_node)
-            cells += [nbformat.v4.new_raw_cell(
-                          f"# BEGIN QUESTION\nname: {ex.name}\npoints: 1\nall_or_nothing: true"),
-                      nbformat.v4.new_markdown_cell(f"**{ex.title}.** Complete `{ex.stub}` "
-                                                    "below; the chapter's check tests it."),
-                      nbformat.v4.new_raw_cell("# BEGIN SOLUTION"),
-                      nbformat.v4.new_code_cell(
-                          question_cell(cell.source, ex.stub, solution(notebook, ex.stub))),
-                      nbformat.v4.new_raw_cell("# END SOLUTION"),
-                      nbformat.v4.new_raw_cell("# BEGIN TESTS"),
-                      *_tests(ex, test_source),
-                      nbformat.v4.new_raw_cell("# END TESTS"),
-                      nbformat.v4.new_raw_cell("# END QUESTION")]
+            names = [n for ex in by_stub_cell[i] for n in (ex.stub, ex.test)]
+            rest = rest_of_cell(cell.source, names)
+            if rest:
+                cells.append(nbformat.v4.new_code_cell(rest))
+            for ex in by_stub_cell[i]:
+                cells += _question(notebook, cell.source, ex)
         elif cell.cell_type == "markdown":
             references = re.search(r"(?m)^## References", cell.source)
             text = cell.source[:references.start()] if references else cell.source
