@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
 from build_book import chapters  # noqa: E402
 
-CHECK_CALL = re.compile(r'^check\("(?P<title>[^"]+)", (?P<stub>\w+), (?P<test>\w+)\)\s*$')
+CHECK_CALL = re.compile(r'^check\("(?P<title>[^"]+)",\s*(?P<stub>\w+),\s*(?P<test>\w+)\)\s*$')
 # The chapters' worked solutions: a MyST admonition titled "Solutions", fenced with 3+ backticks.
 SOLUTIONS_BLOCK = re.compile(r"(?ms)^(?P<fence>`{3,})\{admonition\} Solutions.*?^(?P=fence)\s*$")
 
