@@ -127,6 +127,14 @@ def test_execution_cache_key_tracks_notebook_imported_lib_and_mode(tmp_path, mon
     assert build_book.inputs_key(nb, "full") != key, "a new numpy re-executes the chapter"
 
 
+def test_lib_imports_are_found_past_magics_and_operator_continuation_lines(build_book):
+    """Catches a magic filter that also drops a continuation line starting with `!=` or `%`
+    (the cell then no longer parses)."""
+    code = ("%time x = 1\n!pip list\nok = (1\n      != 2)\nr = (7\n     % 2)\n"
+            "from nnbook.mnist import mnist_split\n")
+    assert build_book._imported_lib_modules(code) == {"nnbook.mnist", "nnbook.mnist.mnist_split"}
+
+
 def test_package_versions_follow_imports_and_their_requirements(build_book):
     """scikit-learn brings scipy (its requirement) but not torch; no import, only Python."""
     names = {v.split("==")[0] for v in build_book.package_versions(["from sklearn import svm"])}

@@ -39,6 +39,7 @@ import hashlib
 import importlib.metadata
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -68,9 +69,14 @@ def chapters() -> list[Path]:
     return [ROOT / f"{f}.ipynb" for f in files if (ROOT / f"{f}.ipynb").is_file()]
 
 
+_MAGIC = re.compile(r"\s*(%%?[A-Za-z_]|!(?!=))")
+
+
 def _imported_lib_modules(source: str, package: str = "nnbook") -> set[str]:
     """Names (``"nnbook.mnist"``) of the library modules a piece of Python imports."""
-    lines = [line for line in source.splitlines() if not line.lstrip().startswith(("%", "!"))]
+    # IPython magics (%time, %%bash) and shell escapes (!pip) are not Python; a continuation
+    # line that starts with an operator (`!= y`, `% 2`) is.
+    lines = [line for line in source.splitlines() if not _MAGIC.match(line)]
     found = set()
     with _PARSE_LOCK:
         tree = ast.parse("\n".join(lines))
@@ -144,7 +150,9 @@ def inputs_key(notebook: Path, mode: str) -> str:
 
 def _imported_top_level(source: str) -> set[str]:
     """Top-level names of the modules a piece of Python imports (``torch``, ``sklearn``)."""
-    lines = [line for line in source.splitlines() if not line.lstrip().startswith(("%", "!"))]
+    # IPython magics (%time, %%bash) and shell escapes (!pip) are not Python; a continuation
+    # line that starts with an operator (`!= y`, `% 2`) is.
+    lines = [line for line in source.splitlines() if not _MAGIC.match(line)]
     with _PARSE_LOCK:
         tree = ast.parse("\n".join(lines))
     found = set()
