@@ -49,6 +49,39 @@ def test_the_notebooks_conv_check_can_fail(monkeypatch):
         ch.check_conv(ch.CONV_CASES[1])
 
 
+@pytest.mark.parametrize("case", ch.CONV_CASES + MORE_CONV_CASES, ids=str)
+def test_hand_derived_conv_gradients_equal_autograd(case):
+    """Catches a transposed G X_col^T, a fold with the wrong stride/padding/dilation, a group
+    mix-up in W_mat^T G, or a bias gradient summed over the wrong axes."""
+    B, C_in, H, W, C_out, k, s, p, d, g = case
+    gen = torch.Generator().manual_seed(7 + sum(case))
+    f64 = dict(dtype=torch.float64, generator=gen)
+    x = torch.randn(B, C_in, H, W, **f64, requires_grad=True)
+    w = torch.randn(C_out, C_in // g, k, k, **f64, requires_grad=True)
+    b = torch.randn(C_out, **f64, requires_grad=True)
+    y = F.conv2d(x, w, b, stride=s, padding=p, dilation=d, groups=g)
+    G = torch.randn(y.shape, **f64)
+    ours = ch.conv2d_backward(x.detach(), w.detach(), G, stride=s, padding=p, dilation=d,
+                              groups=g)
+    for a, r in zip(ours, torch.autograd.grad(y, (x, w, b), G), strict=True):
+        torch.testing.assert_close(a, r)
+
+
+def test_conv2d_backward_rejects_a_gradient_of_the_wrong_shape():
+    x, w = torch.randn(1, 2, 8, 8), torch.randn(3, 2, 3, 3)
+    with pytest.raises(ValueError, match=r"grad_y must be \(1, 3, 6, 6\)"):
+        ch.conv2d_backward(x, w, torch.randn(1, 3, 8, 8))
+
+
+def test_shift_moves_pixels_and_fills_the_background():
+    """Catches a shift in the wrong direction or one that wraps pixels around."""
+    x = torch.arange(16.0).view(1, 1, 4, 4)
+    moved = ch.shift(x, 1, 2, fill=-1.0)
+    assert moved[0, 0, 2:, 1:].equal(x[0, 0, :2, :3])
+    assert (moved[0, 0, :2] == -1).all() and (moved[0, 0, :, 0] == -1).all()
+    assert ch.shift(ch.shift(x, -2), 2)[..., 2:].equal(x[..., 2:])
+
+
 @pytest.mark.parametrize("case", ch.POOL_CASES + MORE_POOL_CASES, ids=str)
 def test_pooling_matches_torch_in_values_and_gradients(case):
     """Catches padding that wins a max, a mean that skips padded zeros, a wrong window step."""

@@ -37,7 +37,9 @@ def code_cells(path: Path) -> list[tuple[int, str]]:
 
 def python_of(source: str) -> str:
     """A cell's source with IPython magics and shell escapes blanked out."""
-    return "\n".join("" if line.lstrip().startswith(("%", "!")) else line for line in source.splitlines())
+    # `!= y` or `% 2` at the start of a continuation line is Python, not a magic.
+    magic = re.compile(r"\s*(%%?[A-Za-z_]|!(?!=))")
+    return "\n".join("" if magic.match(line) else line for line in source.splitlines())
 
 
 def all_code(path: Path) -> str:
