@@ -231,6 +231,34 @@ def test_seq_loss_is_the_mean_cross_entropy_over_characters():
     torch.testing.assert_close(ch.seq_loss(logits, y), want)
 
 
+def test_attention_scale_defaults_to_one_over_sqrt_dk_and_can_be_switched_off():
+    """Catches a scale applied twice, or ignored: scale=None must be the fused (14.1), scale=1.0
+    the raw softmax(Q K^T) V."""
+    g = torch.Generator().manual_seed(5)
+    Q, K, V = (torch.randn(2, 5, 64, generator=g) for _ in range(3))
+    torch.testing.assert_close(ch.attention(Q, K, V)[0], F.scaled_dot_product_attention(Q, K, V))
+    torch.testing.assert_close(ch.attention(Q, K, V, scale=1.0)[0], (Q @ K.mT).softmax(-1) @ V)
+
+
+def test_lookup_batch_targets_the_value_of_the_key_the_query_copies():
+    """Catches a target taken from another key than the one the query was built from."""
+    keys, values, query, target = ch.lookup_batch(32, 8, 16, noise=0.0,
+                                                  generator=torch.Generator().manual_seed(0))
+    assert keys.shape == (32, 8, 16) and values.shape == (32, 8, 1) and query.shape == (32, 1, 16)
+    match = (keys == query).all(-1)                           # (32, 8): exactly one True per row
+    assert match.sum(1).eq(1).all()
+    torch.testing.assert_close(values[match][:, 0], target)
+
+
+def test_train_lookup_learns_and_unscaled_starts_peaked():
+    """Catches a probe that does not train (wrong sign, detached weights) or ignores `scaled`."""
+    cpu = torch.device("cpu")
+    scaled, first_scaled = ch.train_lookup(64, scaled=True, steps=150, device=cpu)
+    _, first_unscaled = ch.train_lookup(64, scaled=False, steps=1, device=cpu)
+    assert sum(scaled[-20:]) / 20 < 0.5 * sum(scaled[:20]) / 20
+    assert first_unscaled > 2 * first_scaled
+
+
 def solved_combined_mask(key_is_pad, T):
     return ch.causal_mask(T) & ch.padding_mask(key_is_pad)
 
