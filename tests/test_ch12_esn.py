@@ -1,5 +1,6 @@
 """Chapter 12: the notebook's reservoir, ridge readout (against scikit-learn's Ridge), echo
-state network, AR baseline and free-run horizon, and its exercise."""
+state network, its batched free runs, Gelfand's radius, the AR baseline, the free-run error
+measures (12.8)-(12.9), and its exercise."""
 
 import math
 
@@ -124,11 +125,78 @@ def test_generate_feeds_its_output_back(mg):
     esn = ch.EchoStateNetwork(n_reservoir=60, density=0.1, spectral_radius=1.25,
                               input_scaling=0.5, leak=0.3, ridge=1e-6, seed=3)
     X = esn.fit(u[:400], y[:400], washout=100)
-    free = esn.generate(X[-2], u[399], 25)
+    free = esn.generate(X[-2:-1], u[399:400], 25)[0]  # one run, K = 1
     inputs = torch.cat([u[399:400], free[:-1, None]])  # the input of each free step
     forced = esn(inputs, esn.states(inputs, x0=X[-2]))[:, 0]
     torch.testing.assert_close(free, forced)
     torch.testing.assert_close(free[0], esn(u[:400], X)[-1, 0])  # the first step is one-step
+
+
+def test_batched_free_runs_equal_the_runs_one_at_a_time(mg):
+    """K runs in one batch must not mix: a transposed W or a state broadcast across the batch
+    would make a row depend on the others."""
+    u, y = mg
+    esn = ch.EchoStateNetwork(n_reservoir=50, density=0.1, spectral_radius=1.1,
+                              input_scaling=0.5, leak=0.3, ridge=1e-8, seed=4)
+    X = esn.fit(u[:500], y[:500], washout=100)
+    starts = torch.tensor([150, 230, 377, 499])
+    batch = esn.generate(X[starts - 1], u[starts], 40)
+    assert batch.shape == (4, 40)
+    for k, t0 in enumerate(starts):
+        alone = esn.generate(X[t0 - 1: t0], u[t0: t0 + 1], 40)[0]
+        torch.testing.assert_close(batch[k], alone, rtol=1e-12, atol=1e-12)
+    assert not torch.allclose(batch[0], batch[1])
+
+
+def test_generate_rejects_bad_shapes():
+    esn = ch.EchoStateNetwork(n_reservoir=20, density=0.2, spectral_radius=1.0,
+                              input_scaling=0.5, leak=0.3, ridge=1e-6)
+    with pytest.raises(ValueError, match=r"x must be \(K, 20\); got \(20,\)"):
+        esn.generate(torch.zeros(20, dtype=DT), torch.zeros(1, 1, dtype=DT), 3)
+    with pytest.raises(ValueError, match=r"u_t must be \(2, 1\); got \(1, 1\)"):
+        esn.generate(torch.zeros(2, 20, dtype=DT), torch.zeros(1, 1, dtype=DT), 3)
+
+
+def test_fit_esn_is_one_continuous_run_and_fits_on_training_steps_only(mg):
+    """The chapter's fit: states of the whole series as one run, readout from the training
+    steps alone (a readout that saw validation or test targets would differ)."""
+    u, y = mg
+    cfg = ch.Config(n_reservoir=40, n_train=400, washout=50)
+    esn, X, _ = ch.fit_esn(cfg, u, y, spectral_radius=1.1, ridge=1e-6, seed=2)
+    assert X.shape == (len(u), 40)
+    torch.testing.assert_close(X, esn.states(u), rtol=0, atol=0)
+    Z = ch.extended_states(u, X)
+    torch.testing.assert_close(esn.W_out, ch.ridge_readout(Z[50:400], y[50:400], 1e-6))
+    y_changed = y.clone()
+    y_changed[400:] += 1.0  # targets after the training steps must not matter
+    esn2, _, _ = ch.fit_esn(cfg, u, y_changed, spectral_radius=1.1, ridge=1e-6, seed=2)
+    torch.testing.assert_close(esn2.W_out, esn.W_out, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("n, density, rho, seed", [(60, 0.2, 0.7, 0), (300, 0.1, 1.25, 1),
+                                                   (150, 0.05, 2.0, 2)])
+def test_gelfand_radius_agrees_with_eigenvalues(n, density, rho, seed):
+    """Gelfand's formula must find the |largest eigenvalue| of the chapter's reservoirs to 1%,
+    and tell it from the largest singular value (the rescaling bug it is there to catch)."""
+    W, _ = ch.make_reservoir(n, density=density, spectral_radius=rho, input_scaling=0.5,
+                             seed=seed)
+    assert ch.gelfand_radius(W) == pytest.approx(rho, rel=0.01)
+    sigma = float(torch.linalg.matrix_norm(W, ord=2))
+    assert ch.gelfand_radius(W * rho / sigma) < 0.8 * rho  # rescaled by sigma_max instead
+
+
+def test_gelfand_radius_by_hand_and_its_guard():
+    """A sheared rotation is far from normal (its norm is not its radius): the estimate must
+    still converge to the |largest eigenvalue|; a non-square matrix is refused."""
+    c, s_ = math.cos(0.3), math.sin(0.3)
+    W = 0.5 * torch.tensor([[c, -s_], [s_, c]], dtype=DT) @ torch.tensor([[1.0, 5.0], [0, 1.0]],
+                                                                          dtype=DT)
+    expected = float(torch.linalg.eigvals(W).abs().max())
+    assert ch.gelfand_radius(W) == pytest.approx(expected, rel=1e-3)
+    assert ch.gelfand_radius(torch.diag(torch.tensor([0.3, -0.9], dtype=DT))) == pytest.approx(
+        0.9, rel=1e-9)
+    with pytest.raises(ValueError, match=r"W must be square \(N, N\); got \(3, 4\)"):
+        ch.gelfand_radius(torch.zeros(3, 4, dtype=DT))
 
 
 def test_nrmse_definition():
@@ -158,16 +226,37 @@ def test_ar_readout_recovers_a_linear_recurrence_and_its_free_run_continues_it()
     W_out = ch.ridge_readout(Z[5:60], y[5:60], 1e-12)
     expected = torch.tensor([0.7 * (2 - 2 * math.cos(w)), 2 * math.cos(w), -1.0], dtype=DT)
     torch.testing.assert_close(W_out[0], expected, atol=1e-5, rtol=0)
-    free = ch.ar_generate(W_out, u[58:60, 0], 30)  # from (u_58, u_59): predicts y_59 = u_60 on
-    torch.testing.assert_close(free, y[59:89, 0], atol=1e-4, rtol=0)
+    recent = torch.stack([u[58:60, 0], u[40:42, 0]])  # two runs, (K, p), oldest first
+    free = ch.ar_generate(W_out, recent, 30)  # from (u_58, u_59): predicts y_59 = u_60 on
+    torch.testing.assert_close(free[0], y[59:89, 0], atol=1e-4, rtol=0)
+    torch.testing.assert_close(free[1], series[42:72], atol=1e-4, rtol=0)  # own start
+    with pytest.raises(ValueError, match=r"recent must be \(K, p\) and W_out \(1, 1 \+ p\)"):
+        ch.ar_generate(W_out, u[58:60, 0], 5)  # a single run must still be (1, p)
 
 
 def test_horizon_counts_steps_before_the_first_miss():
-    truth = torch.zeros(6, dtype=DT)
-    pred = torch.tensor([0.0, 0.05, -0.09, 0.2, 0.0, 0.0], dtype=DT)
-    assert ch.horizon(pred, truth, 0.1) == 3
-    assert ch.horizon(pred, truth, 0.5) == 6
-    assert ch.horizon(pred + 1, truth, 0.1) == 0
+    """(12.9) per row: a miss later in a row must not count, a row that never misses counts all
+    its steps, a miss at the first step gives 0."""
+    truth = torch.zeros(3, 6, dtype=DT)
+    pred = torch.tensor([[0.0, 0.05, -0.09, 0.2, 0.0, 0.3],
+                         [0.0, 0.0, 0.0, 0.0, 0.0, 0.0],
+                         [0.5, 0.0, 0.0, 0.0, 0.0, 0.0]], dtype=DT)
+    assert ch.horizon(pred, truth, 0.1).tolist() == [3, 6, 0]
+    assert ch.horizon(pred, truth, 0.6).tolist() == [6, 6, 6]
+    with pytest.raises(ValueError, match=r"must both be \(K, steps\)"):
+        ch.horizon(pred[0], truth[0], 0.1)
+
+
+def test_nrmse_ahead_by_hand():
+    """(12.8): the root mean square over runs at each step, divided by the given scale; a mean
+    over steps instead of runs, or a missing square root, fails."""
+    truth = torch.zeros(2, 3, dtype=DT)
+    pred = torch.tensor([[3.0, 0.0, 1.0], [4.0, 2.0, 1.0]], dtype=DT)
+    got = ch.nrmse_ahead(pred, truth, 2.0)
+    expected = torch.tensor([math.sqrt(12.5), math.sqrt(2.0), 1.0], dtype=DT) / 2.0
+    torch.testing.assert_close(got, expected)
+    with pytest.raises(ValueError, match=r"must both be \(K, steps\)"):
+        ch.nrmse_ahead(pred, truth[:, :2], 1.0)
 
 
 def solved_ridge_dual(Z, Y, lam):

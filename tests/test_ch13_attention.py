@@ -1,5 +1,5 @@
-"""Chapter 13 checks, on the chapter's own code: additive attention, the packed encoder, the
-decoder's greedy loop, the training function, and the exercise."""
+"""Chapter 13 checks, on the chapter's own code: additive attention and its uniform ablation,
+the packed encoder, the three decoders' greedy loop, the training function, and the exercise."""
 
 import math
 
@@ -63,6 +63,27 @@ def test_a_large_score_makes_the_lookup_hard():
     torch.testing.assert_close(c, h[torch.arange(2), best])
 
 
+@pytest.mark.parametrize("shape", GRID)
+def test_additive_attention_with_zero_scores_is_the_uniform_ablation(shape):
+    # v_a = 0 makes every score equal: the softmax over the real characters is uniform, so the
+    # two functions must agree; a uniform average that counted the padding would not
+    args = attention_args(**shape)
+    additive = ch.additive_attention(*args[:5], torch.zeros_like(args[5]))
+    for got, want in zip(ch.uniform_attention(args[2], args[3]), additive, strict=True):
+        torch.testing.assert_close(got, want)
+
+
+def test_uniform_attention_by_hand_and_its_guard():
+    # the mean of the real annotations: (1 + 3) / 2 and 5; padding (99) must not count
+    h = torch.tensor([[[1.0], [3.0], [99.0]], [[5.0], [99.0], [99.0]]])
+    mask = torch.tensor([[True, True, False], [True, False, False]])
+    c, alpha = ch.uniform_attention(h, mask)
+    torch.testing.assert_close(c, torch.tensor([[2.0], [5.0]]))
+    torch.testing.assert_close(alpha, torch.tensor([[0.5, 0.5, 0.0], [1.0, 0.0, 0.0]]))
+    with pytest.raises(ValueError, match=r"mask must be \(B, S\) = \(2, 3\); got \(2, 2\)"):
+        ch.uniform_attention(h, mask[:, :2])
+
+
 def test_hand_example_from_the_intuition():
     h = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
     alpha = torch.tensor([math.log(2.0), 0.0, 0.0]).softmax(0)
@@ -96,7 +117,7 @@ def test_packed_encoder_ignores_padding(dates):
             assert torch.all(h_batch[b, n:] == 0), "padded annotations must be zero"
 
 
-@pytest.mark.parametrize("attention", [True, False])
+@pytest.mark.parametrize("attention", ["none", "uniform", "additive"])
 def test_greedy_decoding_is_teacher_forcing_on_its_own_predictions(dates, attention):
     # catches: the greedy loop feeding the wrong step (off by one) or a stale state
     model = small_model(dates.vocab, attention=attention)
@@ -106,16 +127,25 @@ def test_greedy_decoding_is_teacher_forcing_on_its_own_predictions(dates, attent
         pred = logits_greedy.argmax(-1)  # (8, 10)
         logits_forced, alpha_forced = model(x, pred)
     torch.testing.assert_close(logits_forced, logits_greedy)
-    if attention:
+    if attention == "none":
+        assert alpha_greedy is None
+    else:
         torch.testing.assert_close(alpha_forced, alpha_greedy)
         assert alpha_greedy.shape == (8, 10, x.shape[1])
-    else:
-        assert alpha_greedy is None
+    if attention == "uniform":  # the same weights 1 / length at every output step
+        mask = (x != 0).float()
+        torch.testing.assert_close(alpha_greedy, (mask / mask.sum(1, keepdim=True))[:, None]
+                                   .expand(-1, 10, -1))
+
+
+def test_decoder_refuses_an_unknown_kind(dates):
+    with pytest.raises(ValueError, match="attention must be one of .*; got 'bahdanau'"):
+        small_model(dates.vocab, attention="bahdanau")
 
 
 def test_attention_model_ignores_padding_length(dates):
     # catches: the decoder attending to padding (the mask not passed from encoder to decoder)
-    model = small_model(dates.vocab, attention=True)
+    model = small_model(dates.vocab, attention="additive")
     x = dates.x_train[:5]
     x_longer = torch.cat([x, torch.zeros(5, 7, dtype=torch.long)], dim=1)  # more padding
     with torch.no_grad():
@@ -127,21 +157,21 @@ def test_attention_model_ignores_padding_length(dates):
 
 def test_without_attention_only_the_summary_reaches_the_decoder(dates):
     # the bottleneck of (13.2): the plain decoder must not read the annotations h; the
-    # attention decoder must
+    # uniform and the additive decoders must
     x = dates.x_train[:4]
     start = torch.full((4,), dates.vocab.BOS)
-    for attention in (False, True):
+    for attention in ("none", "uniform", "additive"):
         model = small_model(dates.vocab, attention=attention)
         with torch.no_grad():
             h, summary, mask = model.encoder(x)
             out = model.decoder(h, summary, mask, start, steps=10)[0]
             out_noise = model.decoder(torch.randn_like(h), summary, mask, start, steps=10)[0]
-        assert torch.allclose(out_noise, out) is not attention
+        assert torch.allclose(out_noise, out) is (attention == "none")
 
 
 def test_predict_in_chunks_equals_one_batch(dates):
     # catches: chunks concatenated in the wrong order or the last partial chunk dropped
-    model = small_model(dates.vocab, attention=True)
+    model = small_model(dates.vocab, attention="additive")
     with torch.no_grad():
         for p in model.parameters():  # large weights: different dates, different predictions
             p.normal_(0.0, 2.0, generator=torch.Generator().manual_seed(p.numel()))
@@ -164,7 +194,8 @@ def test_train_seq2seq_learns_and_records_validation(dates, capsys):
     data = date_tensors(n_train=96, n_val=16, n_test=4, seed=2)
     cfg = ch.Config(n_train=96, n_val=16, n_test=4, d_emb=8, d_hidden=16, d_attn=8, epochs=3,
                     batch_size=16, lr=1e-2)
-    model, history = ch.train_seq2seq(data, cfg, attention=True, device=torch.device("cpu"))
+    model, history = ch.train_seq2seq(data, cfg, attention="additive",
+                                      device=torch.device("cpu"))
     assert history["epoch"] == [1, 2, 3]
     assert len(history["val_exact"]) == 3 and all(0 <= a <= 1 for a in history["val_exact"])
     assert history["train_loss"][-1] < history["train_loss"][0] - 0.2
