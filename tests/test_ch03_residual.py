@@ -1,6 +1,8 @@
 """Chapter 03 pushed further: the residual layer and DeepMLP against plain-torch references
 (with and without batch norm), the Jacobian product (3.2) over a grid, the shrink rate (3.4),
-the gradient measurement, `make`'s common initialization, bad inputs and the exercise's check.
+the forward variance (3.5) with its bias floor, the activation and gradient measurements,
+`make`'s common initialization, `make_normalized`'s He initialization, bad inputs and the
+exercise's check.
 """
 
 import dataclasses
@@ -191,6 +193,78 @@ def test_residual_gradient_grows_mildly_toward_the_input(seed):
     sq = squared_gradient_norms(residual=True, seed=seed)
     ratio = sq[0] / sq[-1]  # (7/6) per layer in the squared norm
     assert 0.5 * (7 / 6) ** 12 < ratio < 2 * (7 / 6) ** 12, f"got {ratio:.2f} over 12 layers"
+
+
+def forward_spreads(*, residual, n=256, depth=12, seed=3):
+    """Squared spread across inputs s_l^2 (l = 0..depth) from the chapter's activation_stats,
+    default init, zero biases, float64."""
+    torch.manual_seed(seed)
+    stack = ch.DeepMLP(depth=depth, width=n, residual=residual, d_in=n).double()
+    with torch.no_grad():
+        for layer in stack.layers:
+            layer.bias.zero_()
+    _, spread = ch.activation_stats(stack, torch.randn(64, n, dtype=torch.float64))
+    return spread ** 2
+
+
+@pytest.mark.parametrize("seed", [3, 4])
+def test_forward_spread_shrinks_by_six_per_layer_like_the_gradient(seed):
+    """(3.5): the plain net's forward variance falls by 6 per layer, the residual net's grows by
+    7/6. Catches a wrong factor in the derivation (e.g. forgetting the ReLU's 1/2: factor 3)."""
+    sq = forward_spreads(residual=False, seed=seed)
+    factor = float(np.exp(-np.polyfit(np.arange(len(sq)), np.log(sq), 1)[0]))
+    assert 5.0 < factor < 7.2, f"(3.5) predicts a factor near 6 per layer; measured {factor:.2f}"
+    sq = forward_spreads(residual=True, seed=seed)
+    ratio = sq[-1] / sq[0]
+    assert 0.5 * (7 / 6) ** 12 < ratio < 2 * (7 / 6) ** 12, f"got {ratio:.2f} over 12 layers"
+
+
+def test_plain_forward_variance_settles_at_the_bias_floor():
+    """(3.5)'s fixed point Var(h) = 2 / (5n) with PyTorch's default biases, the same vector for
+    every input. Catches a bias variance other than 1/(3n) in the derivation."""
+    n = 512
+    floors = []
+    for seed in range(4):
+        torch.manual_seed(seed)
+        stack = ch.DeepMLP(depth=30, width=n, residual=False, d_in=n).double()
+        rms, spread = ch.activation_stats(stack, torch.randn(32, n, dtype=torch.float64))
+        floors.append(rms[-1] ** 2)
+        assert spread[-1] < 1e-9 * rms[-1]       # the input is forgotten
+    assert np.mean(floors) == pytest.approx(2 / (5 * n), rel=0.15)
+
+
+def test_activation_stats_measures_spread_over_the_batch_not_the_units():
+    """A net whose hidden layers output only their biases: h_l (l >= 1) is the same for every
+    input, so the spread must be 0 while the size is the bias's RMS. Catches a std taken over
+    units (dim 1) instead of over the batch."""
+    torch.manual_seed(5)
+    net = ch.DeepMLP(depth=3, width=6, residual=False, d_in=4)
+    with torch.no_grad():
+        for layer in net.layers:
+            layer.weight.zero_()
+    x = torch.randn(10, 4)
+    rms, spread = ch.activation_stats(net, x)
+    assert rms.shape == spread.shape == (4,)
+    h0 = net.embed(x).detach()
+    assert spread[0] == pytest.approx(float(h0.std(0, correction=0).pow(2).mean().sqrt()), rel=1e-5)
+    for layer, r, s in zip(net.layers, rms[1:], spread[1:], strict=True):
+        assert s == pytest.approx(0, abs=1e-7)
+        assert r == pytest.approx(float(layer.bias.detach().pow(2).mean().sqrt()), rel=1e-5)
+
+
+@pytest.mark.parametrize("residual", [False, True])
+def test_make_normalized_is_he_initialized_and_batch_normalized(residual):
+    """Catches a default (Var = 1/(3n)) init where He's 2/n is stated, leftover biases, missing
+    BN, or different weights for the two kinds (then the skip would not be the only difference)."""
+    net = ch.make_normalized(depth=8, width=256, residual=residual, dev=CPU, seed=0)
+    assert net.residual == residual
+    assert sum(isinstance(m, torch.nn.BatchNorm1d) for m in net.modules()) == 8
+    w = torch.cat([layer.weight.detach().flatten() for layer in net.layers])
+    assert float(w.var()) == pytest.approx(2 / 256, rel=0.05)
+    assert all(float(layer.bias.abs().max()) == 0 for layer in net.layers)
+    other = ch.make_normalized(depth=8, width=256, residual=not residual, dev=CPU, seed=0)
+    for a, b in zip(net.layers, other.layers, strict=True):
+        torch.testing.assert_close(a.weight, b.weight)
 
 
 def solved_he_bound(n):

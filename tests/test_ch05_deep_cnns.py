@@ -1,9 +1,11 @@
 """Chapter 05 pushed further: the chapter's own AlexNet, VGG, NiN and ResNet builders against
 torchvision's models (parameter counts over more variants, and the same outputs when given the
-same weights), the scaled-down networks' shapes, and the exercise."""
+same weights), the plain (skip=False) and pre-activation blocks against functional references,
+the step timer, the scaled-down networks' shapes, and the exercise."""
 
 import pytest
 import torch
+import torch.nn.functional as F
 import torchvision
 from chapters import load_chapter
 from torch import nn
@@ -50,9 +52,7 @@ def given_the_same_tensors(build, ref):
     the full-size VGG holds half a gigabyte)."""
     with torch.device("meta"):
         ours = build()
-    tensors = dict(zip(ours.state_dict(), ref.state_dict().values(), strict=True))
-    ours.load_state_dict(tensors, assign=True)
-    return ours.eval()
+    return ch.copy_in_order(ours, ref).eval()
 
 
 def randomize_batch_norms(model, gen):
@@ -143,6 +143,97 @@ def test_inconsistent_sizes_are_refused(build, message):
     """A width list that does not match the architecture must not build a shorter network."""
     with pytest.raises(ValueError, match=message):
         build()
+
+
+def test_copy_in_order_refuses_models_that_do_not_match():
+    """Catches a silent partial copy (zip stops at the shorter list) and a copy across shapes."""
+    with pytest.raises(ValueError, match="model has 2 tensors, reference 4"):
+        ch.copy_in_order(nn.Linear(3, 2), nn.Sequential(nn.Linear(3, 2), nn.Linear(2, 2)))
+    with pytest.raises(RuntimeError, match="size mismatch"):
+        ch.copy_in_order(nn.Linear(3, 2), nn.Linear(2, 3))
+
+
+def functional_basic_block(block, x, *, skip):
+    """(5.4) with functional ops and the block's own weights (BN in evaluation mode)."""
+    def bn(m, h):
+        return F.batch_norm(h, m.running_mean, m.running_var, m.weight, m.bias, training=False)
+    f = F.conv2d(x, block.conv1.weight, stride=block.conv1.stride, padding=1)
+    f = bn(block.bn2, F.conv2d(F.relu(bn(block.bn1, f)), block.conv2.weight, padding=1))
+    if not skip:
+        return F.relu(f)
+    if isinstance(block.shortcut, nn.Identity):
+        return F.relu(f + x)
+    conv, norm = block.shortcut
+    return F.relu(f + bn(norm, F.conv2d(x, conv.weight, stride=conv.stride)))
+
+
+@pytest.mark.parametrize("skip", [True, False])
+@pytest.mark.parametrize(("c_in", "c_out", "stride"), [(4, 4, 1), (4, 6, 2), (3, 5, 1)])
+def test_basic_block_with_and_without_skip(c_in, c_out, stride, skip):
+    """Catches a plain block that still adds x (or keeps a projection), and a residual block
+    whose projection or ReLU-after-sum is misplaced."""
+    gen = torch.Generator().manual_seed(c_in * 10 + c_out + stride)
+    block = ch.BasicBlock(c_in, c_out, stride=stride, skip=skip)
+    randomize_batch_norms(block, gen)
+    block.eval()
+    has_projection = any(isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1)
+                         for m in block.modules())
+    assert has_projection == (skip and (stride != 1 or c_in != c_out))
+    x = torch.randn(2, c_in, 8, 8, generator=gen)
+    with torch.no_grad():
+        torch.testing.assert_close(block(x), functional_basic_block(block, x, skip=skip))
+
+
+@pytest.mark.parametrize("k", [1, 2, 5])
+def test_plain_resnet_has_6k_plus_2_weight_layers_and_no_shortcuts(k):
+    """The depth comparison's claim: skip=False gives 6k + 2 weight layers on one path, the
+    residual net the same plus 2 projections (the 1x1 convolutions of stages 2 and 3)."""
+    kw = dict(in_ch=1, n_classes=10, widths=(8, 16, 32), blocks=(k, k, k), stem=(3, 2, 1))
+    def weight_layers(m):
+        return sum(isinstance(layer, nn.Conv2d | nn.Linear) for layer in m.modules())
+    plain, res = ch.resnet(**kw, skip=False), ch.resnet(**kw)
+    assert weight_layers(plain) == 6 * k + 2
+    assert weight_layers(res) == 6 * k + 2 + 2
+    assert plain(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+
+
+def functional_preact_block(block, x):
+    """(5.5) with functional ops: BN-ReLU-conv-BN-ReLU-conv, plus the shortcut, nothing after."""
+    def bn(m, h):
+        return F.batch_norm(h, m.running_mean, m.running_var, m.weight, m.bias, training=False)
+    f = F.conv2d(F.relu(bn(block.bn1, x)), block.conv1.weight, stride=block.conv1.stride,
+                 padding=1)
+    f = F.conv2d(F.relu(bn(block.bn2, f)), block.conv2.weight, padding=1)
+    if isinstance(block.shortcut, nn.Identity):
+        return x + f
+    return F.conv2d(x, block.shortcut.weight, stride=block.shortcut.stride) + f
+
+
+@pytest.mark.parametrize(("c_in", "c_out", "stride"), [(4, 4, 1), (4, 6, 2)])
+def test_preact_block_computes_5_5(c_in, c_out, stride):
+    """Catches a ReLU after the sum (the original block), BN after the convolution instead of
+    before, or a missing projection when the shape changes."""
+    gen = torch.Generator().manual_seed(7 + stride)
+    block = ch.PreActBlock(c_in, c_out, stride=stride)
+    randomize_batch_norms(block, gen)
+    block.eval()
+    x = torch.randn(2, c_in, 8, 8, generator=gen)
+    with torch.no_grad():
+        y = block(x)
+        torch.testing.assert_close(y, functional_preact_block(block, x))
+    assert float(y.min()) < 0                    # no ReLU after the sum
+
+
+def test_seconds_per_step_trains_and_times():
+    """Catches a timer that forgets the optimizer step (weights unchanged) or returns the total
+    instead of the mean (then more steps would take proportionally more 'per step')."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 3))
+    before = model[1].weight.detach().clone()
+    x, y = torch.randn(8, 1, 4, 4), torch.randint(0, 3, (8,))
+    t = ch.seconds_per_step(model, x, y, steps=3)
+    assert 0 < t < 1
+    assert not torch.equal(before, model[1].weight)
 
 
 def solved_resnet18_params():
