@@ -53,18 +53,20 @@ def test_the_notebooks_conv_check_can_fail(monkeypatch):
 def test_hand_derived_conv_gradients_equal_autograd(case):
     """Catches a transposed G X_col^T, a fold with the wrong stride/padding/dilation, a group
     mix-up in W_mat^T G, or a bias gradient summed over the wrong axes."""
-    B, C_in, H, W, C_out, k, s, p, d, g = case
-    gen = torch.Generator().manual_seed(7 + sum(case))
-    f64 = dict(dtype=torch.float64, generator=gen)
-    x = torch.randn(B, C_in, H, W, **f64, requires_grad=True)
-    w = torch.randn(C_out, C_in // g, k, k, **f64, requires_grad=True)
-    b = torch.randn(C_out, **f64, requires_grad=True)
-    y = F.conv2d(x, w, b, stride=s, padding=p, dilation=d, groups=g)
-    G = torch.randn(y.shape, **f64)
-    ours = ch.conv2d_backward(x.detach(), w.detach(), G, stride=s, padding=p, dilation=d,
-                              groups=g)
-    for a, r in zip(ours, torch.autograd.grad(y, (x, w, b), G), strict=True):
-        torch.testing.assert_close(a, r)
+    ch.check_conv_backward(case)
+
+
+def test_the_notebooks_backward_check_can_fail(monkeypatch):
+    """Catches a vacuous check: a wrong input gradient (here clipped) must fail it."""
+    backward = ch.conv2d_backward
+
+    def no_overlap(x, w, grad_y, **kw):
+        grad_x, grad_w, grad_b = backward(x, w, grad_y, **kw)
+        return grad_x.clamp(max=grad_x.mean()), grad_w, grad_b
+
+    monkeypatch.setattr(ch, "conv2d_backward", no_overlap)
+    with pytest.raises(AssertionError, match="dx"):
+        ch.check_conv_backward(ch.CONV_CASES[2])
 
 
 def test_conv2d_backward_rejects_a_gradient_of_the_wrong_shape():
