@@ -118,9 +118,15 @@ def test_d_star_is_p_over_p_plus_q_and_stable_in_the_tails():
 
 def _reference_discriminator(D, x):
     """D of the section 2 table, written with torch.nn.functional and D's own weights."""
-    conv1, conv2, linear = D.net[0], D.net[2], D.net[5]
+    conv1, conv2, bn, linear = D.net[0], D.net[2], D.net[3], D.net[6]
     h = F.leaky_relu(F.conv2d(x, conv1.weight, conv1.bias, stride=2, padding=1), 0.2)  # (B, c, 14, 14)
-    h = F.leaky_relu(F.conv2d(h, conv2.weight, conv2.bias, stride=2, padding=1), 0.2)  # (B, 2c, 7, 7)
+    h = F.conv2d(h, conv2.weight, conv2.bias, stride=2, padding=1)                     # (B, 2c, 7, 7)
+    if D.training:                                # batch statistics (biased variance), as BN trains
+        mean, var = h.mean((0, 2, 3)), h.var((0, 2, 3), unbiased=False)
+    else:
+        mean, var = bn.running_mean, bn.running_var
+    h = (h - mean[:, None, None]) / torch.sqrt(var[:, None, None] + bn.eps)
+    h = F.leaky_relu(h * bn.weight[:, None, None] + bn.bias[:, None, None], 0.2)
     return F.linear(h.flatten(1), linear.weight, linear.bias)[:, 0]
 
 
@@ -139,12 +145,18 @@ def _reference_generator_eval(G, z):
 
 @pytest.mark.parametrize("c", [4, 8])
 def test_discriminator_computes_the_table_of_section_2(c):
-    """Catches a wrong stride, padding, slope or layer order (some of which keep every shape)."""
+    """Catches a wrong stride, padding, slope, layer order (some keep every shape) or a batch norm
+    in the wrong place, in training and in evaluation mode."""
     torch.manual_seed(c)
     D = ch.Discriminator(c=c)
     x = torch.randn(5, 1, 28, 28)
+    torch.testing.assert_close(D(x), _reference_discriminator(D, x))     # training mode
+    with torch.no_grad():                       # give batch norm non-trivial running statistics
+        for _ in range(3):
+            D(torch.randn(16, 1, 28, 28) * 2 + 1)
+    D.eval()
     torch.testing.assert_close(D(x), _reference_discriminator(D, x))
-    torch.testing.assert_close(D(x[2:3]), D(x)[2:3])   # each image judged on its own
+    torch.testing.assert_close(D(x[2:3]), D(x)[2:3])   # evaluation mode: each image on its own
 
 
 @pytest.mark.parametrize("z_dim, c", [(8, 4), (64, 8)])
