@@ -232,3 +232,51 @@ def test_exercise_top_p(capsys):
     not_renormalized = lambda probs, p: solved_top_p_filter(probs, p) * probs[probs > 0.2].sum()
     with pytest.raises(AssertionError, match="renormalized"):
         check("Exercise 3", not_renormalized, ch.test_top_p)
+
+
+def test_validation_curve_is_logged_every_val_every_steps_and_falls():
+    # catches: a curve logged at the wrong steps, on the training text, or with stale weights
+    tc = tiny_config(val_every=10)
+    model = ch.make_model(tc, vocab_size=7, device=torch.device("cpu"))
+    source = torch.arange(2000) % 7
+    held_out = (torch.arange(300) + 3) % 7
+    log, _ = ch.train(model, source, tc, steps=40, log_every=0, val_ids=held_out)
+    assert log["val_step"] == [10, 20, 30, 40]
+    assert log["val_loss"][-1] < log["val_loss"][0] - 0.5
+    assert log["val_loss"][-1] == pytest.approx(ch.evaluate_loss(model, held_out, tc.n_ctx))
+
+
+@pytest.mark.parametrize("rotary", [True, False])
+def test_attention_maps_are_causal_rows_of_probabilities_from_the_models_own_blocks(rotary):
+    # catches: maps taken from the wrong block input (no layer norm, no earlier blocks), a missing
+    # causal mask, or the position table left out for learned positions
+    model = gpt(L=2, d=32, n_head=4, rotary=rotary)
+    ids = torch.randint(0, 76, (20,), generator=torch.Generator().manual_seed(0))
+    maps = ch.attention_maps(model, ids)
+    assert maps.shape == (2, 4, 20, 20)
+    torch.testing.assert_close(maps.sum(-1), torch.ones(2, 4, 20))
+    assert maps.triu(1).abs().max() == 0
+    # the second block's weights from the first block's output, computed by hand
+    with torch.no_grad():
+        h = model.tok_emb(ids[None])
+        if not rotary:
+            h = h + model.pos_emb(torch.arange(20))
+        h = model.blocks[0](h)
+        attn = model.blocks[1].attn
+        q, k, _ = attn.in_proj(model.blocks[1].ln_1(h)).chunk(3, dim=-1)
+        q, k = (t.view(1, 20, 4, 8).transpose(1, 2) for t in (q, k))
+        if rotary:
+            rotation = rotary_angles(20, 8)
+            q, k = apply_rotary(q, rotation), apply_rotary(k, rotation)
+        scores = (q @ k.transpose(-1, -2) / math.sqrt(8)).masked_fill(
+            torch.ones(20, 20, dtype=torch.bool).triu(1), float("-inf"))
+    torch.testing.assert_close(maps[1], scores.softmax(-1)[0], atol=1e-5, rtol=1e-4)
+
+
+def test_rnn_number_is_chapter_10s_stated_result():
+    # catches: chapter 16 quoting a number chapter 10 no longer states
+    import json
+
+    from chapters import notebook_path
+    header = "".join(json.loads(notebook_path("10").read_text())["cells"][0]["source"])
+    assert f"test loss of about **{ch.RNN_TEST_LOSS:.2f} nats/char**" in header
