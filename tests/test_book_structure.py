@@ -168,3 +168,26 @@ def test_cell_timeout_is_set_once_and_jupyter_book_executes_nothing(build_book):
     assert build_book.cell_timeout() == CONFIG["execute"]["timeout"]
     text = (ROOT / "tools" / "build_book.py").read_text()
     assert not re.search(r"TIMEOUT\s*=\s*\d", text)
+
+
+def test_execution_cache_key_tracks_the_definitions_of_loaded_chapters(tmp_path, monkeypatch, build_book):
+    # catches: chapter 27 reusing a stale execution after chapter 04's LeNet changed
+    folder = tmp_path / "notebooks"
+    folder.mkdir()
+    used = _notebook(folder / "04_used.ipynb", "from nnbook.text import shakespeare\n",
+                     "print('a demonstration')\n")
+    cells = json.loads(used.read_text())
+    cells["cells"][0]["metadata"]["tags"] = ["definitions"]
+    used.write_text(json.dumps(cells))
+    nb = _notebook(folder / "27_user.ipynb", "from nnbook.chapters import load_chapter\n",
+                   "lenet = load_chapter('04_used')\n")
+    assert build_book.chapter_dependencies(nb) == [used]
+    deps = {p.name for p in build_book.lib_dependencies(nb)}
+    assert {"chapters.py", "text.py"} <= deps, "the loaded definitions' imports count"
+    key = build_book.inputs_key(nb, "full")
+    cells["cells"][1]["source"] = "print('another demonstration')\n"
+    used.write_text(json.dumps(cells))
+    assert build_book.inputs_key(nb, "full") == key, "only definition cells are loaded"
+    cells["cells"][0]["source"] += "WIDTH = 2\n"
+    used.write_text(json.dumps(cells))
+    assert build_book.inputs_key(nb, "full") != key

@@ -19,7 +19,8 @@ Execution cache. An executed notebook is stored, with its recorded result and it
 that can change its outputs: the mode, the notebook's code cells, the ``nnbook`` modules it
 imports (directly or through other modules of the library), the installed versions of the
 packages that code imports and of everything they require, the Python version, ``NNBOOK_SEED``
-and ``NNBOOK_DEVICE``. When nothing of that changed since the
+and ``NNBOOK_DEVICE``, and the definition cells of other chapters it loads with
+``load_chapter`` (and the library modules those import). When nothing of that changed since the
 last build, the stored outputs are reused, put into the notebook as it is now (so a change of
 prose alone shows without executing the chapter again), and the table says so (with its date).
 Pass ``--fresh`` (or set ``NNBOOK_EXEC_CACHE=off``) to execute everything regardless. The test
@@ -105,14 +106,40 @@ def _module_file(name: str, lib: Path) -> Path | None:
     return None
 
 
+_LOADED = re.compile(r"""load_chapter\(\s*["'](\d\d[a-z0-9_]*)["']\s*\)""")
+
+
+def chapter_dependencies(notebook: Path) -> list[Path]:
+    """The other chapters whose definitions a notebook loads with ``load_chapter("NN...")``
+    (chapter 27 uses the architectures of earlier chapters), and the ones those load."""
+    from nnbook.chapters import definition_cells, notebook_path
+
+    nb = nbformat.read(notebook, as_version=4)
+    todo = set(_LOADED.findall("\n".join(c.source for c in code_cells(nb))))
+    found: dict[str, Path] = {}
+    while todo:
+        name = todo.pop()
+        path = notebook_path(name, folder=notebook.parent)
+        if path.stem in found or path == notebook:
+            continue
+        found[path.stem] = path
+        todo |= set(_LOADED.findall("\n".join(src for _, src in definition_cells(path))))
+    return [found[k] for k in sorted(found)]
+
+
 def lib_dependencies(notebook: Path, lib: Path | None = None) -> list[Path]:
-    """The library files a notebook imports, directly or through other library modules.
+    """The library files a notebook imports, directly or through other library modules, or
+    through the definitions of the chapters it loads.
 
     Importing ``nnbook.x`` also runs the package's ``__init__``, so that is always included.
     """
+    from nnbook.chapters import definition_cells
+
     lib = lib or ROOT / "lib" / "nnbook"
     nb = nbformat.read(notebook, as_version=4)
     code = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
+    for path in chapter_dependencies(notebook):
+        code += "\n" + "\n".join(src for _, src in definition_cells(path))
     todo = _imported_lib_modules(code) | ({"nnbook"} if "nnbook" in code else set())
     files: set[Path] = set()
     while todo:
@@ -134,12 +161,18 @@ def code_cells(nb: nbformat.NotebookNode) -> list[nbformat.NotebookNode]:
 def inputs_key(notebook: Path, mode: str) -> str:
     """SHA-256 of everything an execution's outputs depend on: the notebook's code cells (not
     its prose), the library modules it imports, the versions of the packages they import, the
-    mode, and the seed
-    offset and device override."""
+    mode, the seed offset and device override, and the definitions of the chapters it loads
+    (:func:`chapter_dependencies`)."""
+    from nnbook.chapters import definition_cells
+
     overrides = {name: os.environ.get(name, "").strip() for name in ("NNBOOK_SEED", "NNBOOK_DEVICE")}
     h = hashlib.sha256(f"mode={mode}\n{sorted(overrides.items())}\n".encode())
     code = [c.source for c in code_cells(nbformat.read(notebook, as_version=4))]
     h.update(json.dumps(code).encode() + b"\0")
+    for path in chapter_dependencies(notebook):  # the definitions it loads from chapters
+        loaded = [src for _, src in definition_cells(path)]
+        h.update(path.name.encode() + b"\0" + json.dumps(loaded).encode() + b"\0")
+        code += loaded
     deps = lib_dependencies(notebook, ROOT / "lib" / "nnbook")
     for path in deps:
         h.update(str(path.relative_to(ROOT)).encode() + b"\0" + path.read_bytes() + b"\0")
