@@ -107,3 +107,14 @@ def test_the_repository_notebooks_are_found_from_elsewhere(tmp_path, monkeypatch
     monkeypatch.chdir(tmp_path)
     folder = chapters.notebooks_dir()
     assert folder is not None and (folder / chapters.notebook_path("04").name).is_file()
+
+
+def test_notebooks_are_fetched_from_the_books_own_repository():
+    # catches: the fetch address drifting from the repository the book names in _config.yml
+    from pathlib import Path
+
+    import yaml
+
+    url = yaml.safe_load((Path(__file__).parents[1] / "_config.yml").read_text())["repository"]["url"]
+    owner_name = url.removeprefix("https://github.com/").rstrip("/")
+    assert chapters.REPOSITORY_RAW == f"https://raw.githubusercontent.com/{owner_name}/main/notebooks"
