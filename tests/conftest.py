@@ -18,6 +18,22 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))  # chapters.load_chapter, the build and its helpers
 
 
+def randomize_batch_norms(model, gen):
+    """Non-trivial BN parameters and running statistics, so that BN's wiring is really checked
+    (chapters 05 and 06 compare their networks with the references'). Returns the model."""
+    import torch
+    from torch import nn
+
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 1.5, generator=gen)
+                m.bias.uniform_(-0.2, 0.2, generator=gen)
+                m.running_mean.uniform_(-0.1, 0.1, generator=gen)
+                m.running_var.uniform_(0.5, 1.5, generator=gen)
+    return model
+
+
 @pytest.fixture
 def fresh_cache(tmp_path, monkeypatch) -> Path:
     """An empty data cache directory, used instead of ~/.cache/nnbook for one test."""

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 import torchvision
 from chapters import load_chapter
+from conftest import randomize_batch_norms
 from torch import nn
 
 from nnbook.exercises import check
@@ -53,17 +54,6 @@ def given_the_same_tensors(build, ref):
     with torch.device("meta"):
         ours = build()
     return ch.copy_in_order(ours, ref).eval()
-
-
-def randomize_batch_norms(model, gen):
-    """Non-trivial BN parameters and running statistics, so that BN's wiring is really checked."""
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.weight.uniform_(0.5, 1.5, generator=gen)
-                m.bias.uniform_(-0.2, 0.2, generator=gen)
-                m.running_mean.uniform_(-0.1, 0.1, generator=gen)
-                m.running_var.uniform_(0.5, 1.5, generator=gen)
 
 
 def noise_(tensor, block, std):
