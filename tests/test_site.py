@@ -136,13 +136,24 @@ VISIBLE_TEXT = """() => {
         .forEach(e => e.remove());
     return copy.innerText;
 }"""
-MATHJAX_DONE = """() => new Promise(resolve => MathJax.Hub.Queue(() => resolve(true)))"""
+# MathJax 2 posts "End" after its startup typesetting; the flag is set once everything queued
+# after that has run too (a hook registered late is called at once). The hook must not return
+# the queued callback: MathJax would wait for it inside the queue it sits behind.
+MATHJAX_ARM = """() => { MathJax.Hub.Register.StartupHook('End', () => {
+    MathJax.Hub.Queue(() => { window.nnbookTypeset = true; }); }); }"""
+MATHJAX_DONE = "() => window.nnbookTypeset === true"
+MATHJAX_SHOWN = """() => !document.querySelector('script[type^="math/tex"]')
+    || document.querySelector('.MathJax, .MathJax_Display') !== null"""
+MATH_STATE = """() => ({scripts: document.querySelectorAll('script[type^="math/tex"]').length,
+    message: (document.getElementById('MathJax_Message') || {}).innerText || ''})"""
 
 
 @pytest.fixture(scope="module")
 def chapter_pages(browser) -> dict:
     """Every chapter page opened at once (so their equations typeset in parallel), each read once
     MathJax has finished: what the page shows, for the per-chapter checks below."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
     context, base, blocked = browser
     pages, errors = {}, {}
     for chapter in CHAPTERS:
@@ -155,13 +166,20 @@ def chapter_pages(browser) -> dict:
     for chapter, page in pages.items():
         page.wait_for_load_state("load")
         page.wait_for_function("() => window.MathJax && MathJax.Hub && MathJax.isReady", timeout=60_000)
-        page.evaluate(MATHJAX_DONE)
+        page.bring_to_front()  # a background tab's timers are throttled, and MathJax uses them
+        page.evaluate(MATHJAX_ARM)
+        page.wait_for_function(MATHJAX_DONE, polling=250, timeout=180_000)
+        try:  # output can land a moment after the queue empties on a loaded machine
+            page.wait_for_function(MATHJAX_SHOWN, polling=250, timeout=30_000)
+        except PlaywrightTimeout:
+            pass  # the test below fails and reports what the page held
         repo = CONFIG["repository"]["url"].removeprefix("https://github.com/")
         colab = (f"https://colab.research.google.com/github/{repo}/blob/"
                  f"{CONFIG['repository']['branch']}/{chapter}.ipynb")
         seen[chapter] = {
             "rendered": page.locator(".MathJax, .MathJax_Display").count(),
             "math_errors": page.locator(".merror, .MathJax_Error").count(),
+            "math_state": page.evaluate(MATH_STATE),
             "text": page.evaluate(VISIBLE_TEXT),
             "figures": page.evaluate("""() => [...document.querySelectorAll('article img')]
                 .filter(img => img.complete && img.naturalWidth > 0).length"""),
@@ -178,7 +196,7 @@ def test_chapter_page_in_a_browser(browser, chapter_pages, chapter):
     context, base, blocked = browser
     name = Path(chapter).name
     seen = chapter_pages[chapter]
-    assert seen["rendered"] > 0, f"{name}: no equation was typeset by MathJax"
+    assert seen["rendered"] > 0, f"{name}: no equation was typeset by MathJax ({seen['math_state']})"
     assert seen["math_errors"] == 0, f"{name}: MathJax reports a TeX error"
     text = seen["text"]
     for raw in ("$$", "\\(", "\\[", "\\begin{"):
