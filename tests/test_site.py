@@ -1,9 +1,10 @@
 """The website, rendered from the session's smoke executions and opened in headless Chromium,
 with the network cut off.
 
-On each chapter page: equations rendered by the bundled MathJax (no raw `$$` or `\\(` left), at
-least one figure, the Colab link, and the site's search finds the chapter by its title. Without
-Chromium the test skips and says so, except in CI (CI=true), where it must run.
+On each chapter page: every equation typeset by the bundled MathJax 3, with no TeX error, none
+spilling out of the text column, no raw `$$` or `\\(` left; at least one figure, the Colab link,
+and the site's search finds the chapter by its title. Without Chromium the test skips and says
+so, except in CI (CI=true), where it must run.
 """
 
 from __future__ import annotations
@@ -92,7 +93,7 @@ def test_no_page_loads_anything_from_another_host(site):
         if tags:
             offenders[str(page.relative_to(site))] = tags[:3]
     assert not offenders, offenders
-    assert (site / "_static" / "mathjax" / "MathJax.js").is_file()
+    assert (site / "_static" / "mathjax" / "tex-chtml.js").is_file()
 
 
 @pytest.fixture(scope="module")
@@ -124,47 +125,40 @@ def browser(site):
                 route.abort()
 
         context.route("**/*", only_local)
-        context.add_init_script(MATHJAX_INIT)
         yield context, base, blocked
         chromium.close()
     server.shutdown()
 
 
-# MathJax 2 gives up on a file it has waited 15 s for, silently: when its config file is the one,
-# the page ends typesetting with no equation (seen in CI, 26 tabs loading on two busy cores). The
-# test waits as long as it waits for typesetting, and records every file MathJax gave up on.
-MATHJAX_INIT = """window.nnbookLoadErrors = [];
-window.MathJax = {AuthorInit: function () {
-    MathJax.Ajax.timeout = 180 * 1000;
-    MathJax.Hub.Register.MessageHook('file load error',
-        function (message) { window.nnbookLoadErrors.push(String(message[1])); });
-}};"""
 VISIBLE_TEXT = """() => {
     const article = document.querySelector('article') || document.body;
     const copy = article.cloneNode(true);
-    copy.querySelectorAll('pre, code, script, .MathJax, .MathJax_Display, .MathJax_Preview')
-        .forEach(e => e.remove());
+    copy.querySelectorAll('pre, code, script, mjx-container').forEach(e => e.remove());
     return copy.innerText;
 }"""
-# MathJax 2 posts "End" after its startup typesetting; the flag is set once everything queued
-# after that has run too (a hook registered late is called at once). The hook must not return
-# the queued callback: MathJax would wait for it inside the queue it sits behind.
-MATHJAX_ARM = """() => { MathJax.Hub.Register.StartupHook('End', () => {
-    MathJax.Hub.Queue(() => { window.nnbookTypeset = true; }); }); }"""
-MATHJAX_DONE = "() => window.nnbookTypeset === true"
-MATHJAX_SHOWN = """() => !document.querySelector('script[type^="math/tex"]')
-    || document.querySelector('.MathJax, .MathJax_Display') !== null"""
-MATH_STATE = """() => ({scripts: document.querySelectorAll('script[type^="math/tex"]').length,
-    message: (document.getElementById('MathJax_Message') || {}).innerText || '',
-    failed_to_load: window.nnbookLoadErrors})"""
+# MathJax 3 resolves startup.promise once its first typesetting pass is over (or rejects it).
+MATHJAX_STARTED = "() => window.MathJax && MathJax.startup && MathJax.startup.promise"
+MATHJAX_DONE = "() => MathJax.startup.promise.then(() => 'typeset', error => 'failed: ' + error)"
+# A displayed equation wider than the column must scroll inside it, not spill over its edges
+# (at Playwright's default 1280 x 720 window the text column is about 620 px wide).
+MATH_STATE = """() => {
+    const math = [...document.querySelectorAll('article .math')];
+    const column = document.querySelector('article').getBoundingClientRect();
+    const spills = [...document.querySelectorAll('article div.math mjx-container')].filter(c => {
+        const box = c.getBoundingClientRect();
+        return box.left < column.left - 1 || box.right > column.right + 1; });
+    return {equations: math.length,
+            rendered: math.filter(e => e.querySelector('mjx-container')).length,
+            errors: [...document.querySelectorAll('mjx-merror')]
+                .map(e => e.getAttribute('data-mjx-error') || e.textContent).slice(0, 5),
+            spilling: spills.map(c => c.parentElement.textContent.trim().slice(0, 60))};
+}"""
 
 
 @pytest.fixture(scope="module")
 def chapter_pages(browser) -> dict:
     """Every chapter page opened at once (so their equations typeset in parallel), each read once
     MathJax has finished: what the page shows, for the per-chapter checks below."""
-    from playwright.sync_api import TimeoutError as PlaywrightTimeout
-
     context, base, blocked = browser
     pages, errors = {}, {}
     for chapter in CHAPTERS:
@@ -175,22 +169,16 @@ def chapter_pages(browser) -> dict:
         pages[chapter] = page
     seen = {}
     for chapter, page in pages.items():
-        page.wait_for_load_state("load")
-        page.wait_for_function("() => window.MathJax && MathJax.Hub && MathJax.isReady", timeout=60_000)
-        page.bring_to_front()  # a background tab's timers are throttled, and MathJax uses them
-        page.evaluate(MATHJAX_ARM)
-        page.wait_for_function(MATHJAX_DONE, polling=250, timeout=180_000)
-        try:  # output can land a moment after the queue empties on a loaded machine
-            page.wait_for_function(MATHJAX_SHOWN, polling=250, timeout=30_000)
-        except PlaywrightTimeout:
-            pass  # the test below fails and reports what the page held
+        page.bring_to_front()  # a background tab's timers are throttled
+        page.wait_for_load_state("load", timeout=180_000)
+        page.wait_for_function(MATHJAX_STARTED, polling=250, timeout=180_000)
+        typeset = page.evaluate(MATHJAX_DONE)
         repo = CONFIG["repository"]["url"].removeprefix("https://github.com/")
         colab = (f"https://colab.research.google.com/github/{repo}/blob/"
                  f"{CONFIG['repository']['branch']}/{chapter}.ipynb")
         seen[chapter] = {
-            "rendered": page.locator(".MathJax, .MathJax_Display").count(),
-            "math_errors": page.locator(".merror, .MathJax_Error").count(),
-            "math_state": page.evaluate(MATH_STATE),
+            "typeset": typeset,
+            "math": page.evaluate(MATH_STATE),
             "text": page.evaluate(VISIBLE_TEXT),
             "figures": page.evaluate("""() => [...document.querySelectorAll('article img')]
                 .filter(img => img.complete && img.naturalWidth > 0).length"""),
@@ -207,9 +195,12 @@ def test_chapter_page_in_a_browser(browser, chapter_pages, chapter):
     context, base, blocked = browser
     name = Path(chapter).name
     seen = chapter_pages[chapter]
-    assert seen["rendered"] > 0, f"{name}: no equation was typeset by MathJax ({seen['math_state']})"
-    assert seen["math_errors"] == 0, f"{name}: MathJax reports a TeX error"
-    assert not seen["math_state"]["failed_to_load"], f"{name}: MathJax could not load {seen['math_state']}"
+    math = seen["math"]
+    assert seen["typeset"] == "typeset", f"{name}: MathJax {seen['typeset']}"
+    assert math["equations"] > 0, f"{name}: no equation on the page"
+    assert math["rendered"] == math["equations"], f"{name}: equations MathJax left untypeset: {math}"
+    assert not math["errors"], f"{name}: MathJax reports TeX errors: {math['errors']}"
+    assert not math["spilling"], f"{name}: equations spill out of the text column: {math['spilling']}"
     text = seen["text"]
     for raw in ("$$", "\\(", "\\[", "\\begin{"):
         around = text[max(text.find(raw) - 80, 0):][:200]
