@@ -96,32 +96,103 @@ def smoke_book(tmp_path_factory) -> dict:
     return {"out": tmp_path_factory.mktemp("smoke-book"), "runs": {}}
 
 
-def execute_smoke(build_book, smoke_book: dict, notebooks: list[Path], *, reuse: bool) -> None:
-    """Execute ``notebooks`` in smoke mode, two at a time, each kernel on one thread; their
-    run info goes into ``smoke_book["runs"]``."""
+def execute_smoke(build_book, smoke_book: dict, notebooks: list[Path], *, reuse: bool,
+                  env: dict[str, str] | None = None, store: Path | None = None) -> None:
+    """Execute ``notebooks`` in smoke mode, two at a time, each kernel on one thread, in ``env``
+    (by default this process's environment, which is left alone); their run info goes into
+    ``smoke_book["runs"]``. ``store``: the execution cache (by default the build's)."""
     from concurrent.futures import ThreadPoolExecutor
 
     todo = [nb for nb in notebooks if nb.stem not in smoke_book["runs"]]
     if not todo:
         return
-    saved = dict(os.environ)
-    try:
-        os.environ.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")  # run_chapter sets the rest
-        store = build_book.cache_dir()
-        with ThreadPoolExecutor(max_workers=SMOKE_WORKERS) as pool:
-            runs = pool.map(lambda nb: build_book.run_chapter(nb, "smoke", smoke_book["out"], store=store,
-                                                              reuse=reuse), todo)
-            smoke_book["runs"].update({nb.stem: run for nb, run in zip(todo, runs)})
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
+    store = build_book.cache_dir() if store is None else store
+    env = dict(os.environ if env is None else env, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    with ThreadPoolExecutor(max_workers=SMOKE_WORKERS) as pool:
+        runs = pool.map(lambda nb: build_book.run_chapter(nb, "smoke", smoke_book["out"], store=store,
+                                                          reuse=reuse, env=env), todo)
+        smoke_book["runs"].update({nb.stem: run for nb, run in zip(todo, runs)})
+    SMOKE_RUNS.update(smoke_book["runs"])
+
+
+SMOKE_RUNS: dict = {}  # this session's smoke executions, for the summary below
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Each chapter's smoke execution, CPU and wall seconds, slowest first."""
+    fresh = {name: run for name, run in SMOKE_RUNS.items() if run.get("cpu_seconds") is not None}
+    if fresh:
+        terminalreporter.section("smoke executions: kernel CPU s / wall s")
+        for name, run in sorted(fresh.items(), key=lambda item: -item[1]["cpu_seconds"]):
+            terminalreporter.write_line(f"{name:30} {run['cpu_seconds']:5.1f} {run['seconds']:6.1f}")
+
+
+def _smoke_tests(session) -> list[Path]:
+    wanted = {item.callspec.params["notebook"] for item in session.items
+              if item.originalname == "test_chapter_executes_in_smoke_mode"}
+    return [nb for nb in CHAPTER_NOTEBOOKS if nb in wanted]
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """The course-assignment tests (two otter processes at a time) go last, after the smoke
+    executions, not beside them; everything else keeps its order."""
+    if any(item.originalname == "test_chapter_executes_in_smoke_mode" for item in items):
+        later = [item for item in items if Path(str(item.fspath)).name == "test_assignments.py"]
+        items[:] = [item for item in items if item not in later] + later
+
+
+@pytest.fixture(scope="session", autouse=True)
+def smoke_in_background(request, build_book, smoke_book):
+    """Start this session's smoke executions with its first test, in a background thread: the
+    two kernels run while the lib and chapter tests run here, on one thread (so that PyTorch's
+    thread pools do not spin against the kernels). tests/test_notebooks.py waits for them.
+
+    The thread has its own copy of the build module and of the environment, taken now: the tests
+    that run beside it may patch both (a temporary book root, an empty data cache)."""
+    import threading
+
+    notebooks = _smoke_tests(request.session)
+    state = {"error": None}
+    own_build, env = _build_book_module(), dict(os.environ)
+    store = own_build.cache_dir()
+
+    def run():
+        try:
+            execute_smoke(own_build, smoke_book, notebooks, reuse=False, env=env, store=store)
+        except BaseException as failure:  # noqa: BLE001 - reported by the tests that wait
+            state["error"] = failure
+
+    thread = threading.Thread(target=run, name="smoke executions", daemon=True)
+    if notebooks:
+        import torch
+
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        thread.start()
+    smoke_book["background"] = (thread, state)
+    yield
+    if notebooks:
+        thread.join()
+        torch.set_num_threads(threads)
+
+
+def wait_for_smoke(smoke_book: dict) -> None:
+    """Block until the background smoke executions are over; re-raise what broke them."""
+    background = smoke_book.get("background")
+    if background is None:
+        return
+    thread, state = background
+    if thread.is_alive() or thread.ident is not None:
+        thread.join()
+    if state["error"] is not None:
+        raise state["error"]
 
 
 @pytest.fixture(scope="session")
 def smoke_runs(request, build_book, smoke_book) -> dict:
     """The smoke executions of the chapters this session's notebook tests ask for (always executed
-    afresh: every run checks every selected chapter against the current lib)."""
-    wanted = {item.callspec.params["notebook"] for item in request.session.items
-              if item.originalname == "test_chapter_executes_in_smoke_mode"}
-    execute_smoke(build_book, smoke_book, [nb for nb in CHAPTER_NOTEBOOKS if nb in wanted], reuse=False)
+    afresh, in the background from the session's start: every run checks every selected chapter
+    against the current lib)."""
+    wait_for_smoke(smoke_book)
+    execute_smoke(build_book, smoke_book, _smoke_tests(request.session), reuse=False)
     return smoke_book["runs"]

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import execute_smoke
+from conftest import execute_smoke, wait_for_smoke
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = yaml.safe_load((ROOT / "_config.yml").read_text())
@@ -46,6 +46,7 @@ def site(build_book, smoke_book) -> Path:
     """Render the site from this session's smoke executions (tests/test_notebooks.py); a chapter
     not executed yet in this session (e.g. when this file runs alone) is executed now."""
     out = smoke_book["out"]
+    wait_for_smoke(smoke_book)
     execute_smoke(build_book, smoke_book, build_book.chapters(), reuse=True)
     saved = dict(os.environ)
     try:

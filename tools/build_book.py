@@ -158,14 +158,16 @@ def code_cells(nb: nbformat.NotebookNode) -> list[nbformat.NotebookNode]:
     return [c for c in nb.cells if c.cell_type == "code"]
 
 
-def inputs_key(notebook: Path, mode: str) -> str:
+def inputs_key(notebook: Path, mode: str, env: dict[str, str] | None = None) -> str:
     """SHA-256 of everything an execution's outputs depend on: the notebook's code cells (not
     its prose), the library modules it imports, the versions of the packages they import, the
     mode, the seed offset and device override, and the definitions of the chapters it loads
-    (:func:`chapter_dependencies`)."""
+    (:func:`chapter_dependencies`). The overrides are read from ``env`` (by default this
+    process's environment)."""
     from nnbook.chapters import definition_cells
 
-    overrides = {name: os.environ.get(name, "").strip() for name in ("NNBOOK_SEED", "NNBOOK_DEVICE")}
+    env = os.environ if env is None else env
+    overrides = {name: env.get(name, "").strip() for name in ("NNBOOK_SEED", "NNBOOK_DEVICE")}
     h = hashlib.sha256(f"mode={mode}\n{sorted(overrides.items())}\n".encode())
     code = [c.source for c in code_cells(nbformat.read(notebook, as_version=4))]
     h.update(json.dumps(code).encode() + b"\0")
@@ -261,33 +263,51 @@ def cache_dir() -> Path | None:
     return Path(value).expanduser() if value else Path.home() / ".cache" / "nnbook" / "executed"
 
 
-def execute(notebook: Path, mode: str, results: Path) -> tuple[nbformat.NotebookNode, float, str | None]:
-    """Run one notebook in a fresh kernel; returns (executed notebook, seconds, error or None)."""
+def execute(notebook: Path, mode: str, results: Path, env: dict[str, str] | None = None
+            ) -> tuple[nbformat.NotebookNode, float, str | None, float | None]:
+    """Run one notebook in a fresh kernel, in the chapter environment (``environment``, built on
+    ``env``, by default this process's environment). Returns (executed notebook, seconds, error
+    or None, the kernel's CPU seconds up to its last cell, or None where they cannot be read)."""
     from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError
 
     nb = nbformat.read(notebook, as_version=4)
+    cpu = {"seconds": None}
+
+    def kernel_cpu(**_):  # after each cell: user + system time of the kernel and its children
+        try:
+            import psutil
+
+            times = psutil.Process(client.km.provisioner.process.pid).cpu_times()
+            cpu["seconds"] = times.user + times.system + times.children_user + times.children_system
+        except Exception:  # noqa: BLE001 - a remote or exotic kernel: no CPU time, no harm
+            pass
+
     client = NotebookClient(nb, timeout=cell_timeout(), kernel_name="python3",
-                            resources={"metadata": {"path": str(notebook.parent)}})
+                            resources={"metadata": {"path": str(notebook.parent)}},
+                            on_cell_executed=kernel_cpu)
     start = time.perf_counter()
     error = None
     try:
-        client.execute()
+        client.execute(env=environment(mode, results, env))
     except CellExecutionError as failure:
         error = str(failure)
     except Exception as failure:  # noqa: BLE001 - a dead kernel or timeout is a failed chapter too
         error = f"{type(failure).__name__}: {failure}"
-    return nb, time.perf_counter() - start, error
+    return nb, time.perf_counter() - start, error, cpu["seconds"]
 
 
-def environment(mode: str, results: Path) -> None:
-    """The environment a chapter executes in (inherited by its kernel)."""
-    os.environ.update(NNBOOK_MODE=mode, NNBOOK_SITE="1", NNBOOK_RESULTS=str(results),
-                      MPLBACKEND="module://matplotlib_inline.backend_inline",
-                      PYDEVD_DISABLE_FILE_VALIDATION="1")
+def environment(mode: str, results: Path, base: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment a chapter executes in: ``base`` (by default this process's environment)
+    with the build's variables. It goes to the kernel only; this process's own environment is
+    left alone (executions may run in threads beside other work)."""
+    return dict(os.environ if base is None else base, NNBOOK_MODE=mode, NNBOOK_SITE="1",
+                NNBOOK_RESULTS=str(results), MPLBACKEND="module://matplotlib_inline.backend_inline",
+                PYDEVD_DISABLE_FILE_VALIDATION="1")
 
 
-def run_chapter(notebook: Path, mode: str, out: Path, *, store: Path | None, reuse: bool = True) -> dict:
+def run_chapter(notebook: Path, mode: str, out: Path, *, store: Path | None, reuse: bool = True,
+                env: dict[str, str] | None = None) -> dict:
     """Execute one chapter (or reuse its stored execution) into ``out/_build/source``.
 
     Args:
@@ -298,15 +318,16 @@ def run_chapter(notebook: Path, mode: str, out: Path, *, store: Path | None, reu
         store: the execution cache (None: no cache).
         reuse: take a stored execution when its key matches; False executes anyway (and
             stores the new execution).
+        env: the environment the kernel's is built on (None: this process's).
 
     Returns:
-        ``{"seconds", "executed_at", "key", "succeeded", "cached", "error"}``.
+        ``{"seconds", "executed_at", "key", "succeeded", "cached", "error", "cpu_seconds"}``
+        (``cpu_seconds``: the kernel's, for a fresh execution; None when reused or unknown).
     """
     name = notebook.stem
     results = out / "_build" / "results"
     results.mkdir(parents=True, exist_ok=True)
-    environment(mode, results)
-    key = inputs_key(notebook, mode)
+    key = inputs_key(notebook, mode, env)
     entry = store / mode / f"{name}-{key[:20]}" if store else None
     target = out / "_build" / "source" / notebook.relative_to(ROOT)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -318,15 +339,15 @@ def run_chapter(notebook: Path, mode: str, out: Path, *, store: Path | None, reu
             shutil.copyfile(entry / "result.json", results / f"{name}.json")
         print(f"[{name}] unchanged since {meta['executed_at']}: reusing its execution "
               f"({meta['seconds']:.1f} s then)", flush=True)
-        return dict(meta, cached=True, error=None)
+        return dict(meta, cached=True, error=None, cpu_seconds=None)
     print(f"[{name}] executing in {mode} mode ...", flush=True)
-    nb, seconds, error = execute(notebook, mode, results)
+    nb, seconds, error, cpu_seconds = execute(notebook, mode, results, env)
     nbformat.write(nb, target)
     meta = {"seconds": round(seconds, 1), "executed_at": time.strftime("%Y-%m-%d %H:%M:%S"),
             "key": key, "succeeded": error is None}
     if error is not None:
         print(f"[{name}] FAILED after {seconds:.1f} s:\n{error[-4000:]}", flush=True)
-        return dict(meta, cached=False, error=error)
+        return dict(meta, cached=False, error=error, cpu_seconds=cpu_seconds)
     print(f"[{name}] done in {seconds:.1f} s", flush=True)
     if entry is not None:
         tmp = entry.with_name(entry.name + ".tmp")
@@ -340,7 +361,7 @@ def run_chapter(notebook: Path, mode: str, out: Path, *, store: Path | None, reu
             if old != tmp:
                 shutil.rmtree(old, ignore_errors=True)
         tmp.rename(entry)
-    return dict(meta, cached=False, error=None)
+    return dict(meta, cached=False, error=None, cpu_seconds=cpu_seconds)
 
 
 def run_chapters(mode: str, out: Path, *, use_cache: bool) -> tuple[dict, list[str]]:
