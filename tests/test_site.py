@@ -3,8 +3,9 @@ with the network cut off.
 
 On each chapter page: every equation typeset by the bundled MathJax 3, with no TeX error, none
 spilling out of the text column, no raw `$$` or `\\(` left; at least one figure, the Colab link,
-and the site's search finds the chapter by its title. Without Chromium the test skips and says
-so, except in CI (CI=true), where it must run.
+and the site's search finds the chapter by its title; the same equation checks on the book's own
+pages that hold equations. Without Chromium the test skips and says so, except in CI (CI=true),
+where it must run.
 """
 
 from __future__ import annotations
@@ -221,3 +222,22 @@ def test_chapter_page_in_a_browser(browser, chapter_pages, chapter):
     assert not seen["errors"] + errors, f"{name}: JavaScript errors: {seen['errors'] + errors}"
     assert not blocked, f"pages tried to reach other hosts: {sorted(set(blocked))[:5]}"
     page.close()
+
+
+PROSE_WITH_MATH = [f"book/{page.stem}" for page in sorted((ROOT / "book").glob("*.md"))
+                   if re.search(r"\$[^$\n]+\$", page.read_text())]
+
+
+@pytest.mark.parametrize("page_name", PROSE_WITH_MATH)
+def test_prose_page_equations_in_a_browser(browser, page_name):
+    """The book's own pages with equations (notation, scaling out): the same MathJax checks."""
+    context, base, blocked = browser
+    page = context.new_page()
+    page.goto(base + f"{page_name}.html", wait_until="load")
+    page.wait_for_function(MATHJAX_STARTED, polling=250, timeout=180_000)
+    typeset = page.evaluate(MATHJAX_DONE)
+    math = page.evaluate(MATH_STATE)
+    page.close()
+    assert typeset == "typeset", f"{page_name}: MathJax {typeset}"
+    assert math["equations"] > 0 and math["rendered"] == math["equations"], f"{page_name}: {math}"
+    assert not math["errors"] and not math["spilling"], f"{page_name}: {math}"
