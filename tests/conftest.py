@@ -182,7 +182,7 @@ def wait_for_smoke(smoke_book: dict) -> None:
     if background is None:
         return
     thread, state = background
-    if thread.is_alive() or thread.ident is not None:
+    if thread.ident is not None:  # started
         thread.join()
     if state["error"] is not None:
         raise state["error"]

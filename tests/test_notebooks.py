@@ -33,7 +33,6 @@ def test_chapter_executes_in_smoke_mode(notebook, smoke_runs, smoke_book):
     assert result.is_file(), f"{notebook.name} stated no result (nnbook.expect)"
     cpu = run["cpu_seconds"]
     assert cpu is not None, f"{notebook.name}: the kernel's CPU time could not be read"
-    print(f"{notebook.stem}: {cpu:.1f} CPU s, {run['seconds']:.1f} s wall")
     assert cpu <= SMOKE_SECONDS, (
         f"{notebook.name} used {cpu:.1f} CPU s in smoke mode (at most {SMOKE_SECONDS} s): shrink its "
         "smoke sizes in the config's for_mode call")

@@ -49,15 +49,10 @@ def site(build_book, smoke_book) -> Path:
     out = smoke_book["out"]
     wait_for_smoke(smoke_book)
     execute_smoke(build_book, smoke_book, build_book.chapters(), reuse=True)
-    saved = dict(os.environ)
-    try:
-        failed = [name for name, run in smoke_book["runs"].items() if not run["succeeded"]]
-        assert not failed, f"chapters failed to execute, so the site cannot be built: {failed}"
-        page = build_book.results_page(smoke_book["runs"], out / "_build" / "results", "smoke")
-        code = build_book.render(out, {"book/results.md": page})
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
+    failed = [name for name, run in smoke_book["runs"].items() if not run["succeeded"]]
+    assert not failed, f"chapters failed to execute, so the site cannot be built: {failed}"
+    page = build_book.results_page(smoke_book["runs"], out / "_build" / "results", "smoke")
+    code = build_book.render(out, {"book/results.md": page})
     text, missing = build_book.table(smoke_book["runs"], out / "_build" / "results")
     print(text)
     assert code == 0, f"the site build failed (exit code {code}); see the captured output"
@@ -157,6 +152,22 @@ MATH_STATE = """() => {
 }"""
 
 
+def read_math(page) -> dict:
+    """Wait for MathJax's first pass on ``page``; what it left (MATH_STATE, and ``typeset``:
+    'typeset' or why not)."""
+    page.wait_for_function(MATHJAX_STARTED, polling=250, timeout=180_000)
+    typeset = page.evaluate(MATHJAX_DONE)
+    return dict(page.evaluate(MATH_STATE), typeset=typeset)
+
+
+def check_math(name: str, math: dict) -> None:
+    assert math["typeset"] == "typeset", f"{name}: MathJax {math['typeset']}"
+    assert math["equations"] > 0, f"{name}: no equation on the page"
+    assert math["rendered"] == math["equations"], f"{name}: equations MathJax left untypeset: {math}"
+    assert not math["errors"], f"{name}: MathJax reports TeX errors: {math['errors']}"
+    assert not math["spilling"], f"{name}: equations spill out of the text column: {math['spilling']}"
+
+
 @pytest.fixture(scope="module")
 def chapter_pages(browser) -> dict:
     """Every chapter page opened at once (so their equations typeset in parallel), each read once
@@ -173,14 +184,12 @@ def chapter_pages(browser) -> dict:
     for chapter, page in pages.items():
         page.bring_to_front()  # a background tab's timers are throttled
         page.wait_for_load_state("load", timeout=180_000)
-        page.wait_for_function(MATHJAX_STARTED, polling=250, timeout=180_000)
-        typeset = page.evaluate(MATHJAX_DONE)
+        math = read_math(page)
         repo = CONFIG["repository"]["url"].removeprefix("https://github.com/")
         colab = (f"https://colab.research.google.com/github/{repo}/blob/"
                  f"{CONFIG['repository']['branch']}/{chapter}.ipynb")
         seen[chapter] = {
-            "typeset": typeset,
-            "math": page.evaluate(MATH_STATE),
+            "math": math,
             "text": page.evaluate(VISIBLE_TEXT),
             "figures": page.evaluate("""() => [...document.querySelectorAll('article img')]
                 .filter(img => img.complete && img.naturalWidth > 0).length"""),
@@ -197,12 +206,7 @@ def test_chapter_page_in_a_browser(browser, chapter_pages, chapter):
     context, base, blocked = browser
     name = Path(chapter).name
     seen = chapter_pages[chapter]
-    math = seen["math"]
-    assert seen["typeset"] == "typeset", f"{name}: MathJax {seen['typeset']}"
-    assert math["equations"] > 0, f"{name}: no equation on the page"
-    assert math["rendered"] == math["equations"], f"{name}: equations MathJax left untypeset: {math}"
-    assert not math["errors"], f"{name}: MathJax reports TeX errors: {math['errors']}"
-    assert not math["spilling"], f"{name}: equations spill out of the text column: {math['spilling']}"
+    check_math(name, seen["math"])
     text = seen["text"]
     for raw in ("$$", "\\(", "\\[", "\\begin{"):
         around = text[max(text.find(raw) - 80, 0):][:200]
@@ -234,10 +238,6 @@ def test_prose_page_equations_in_a_browser(browser, page_name):
     context, base, blocked = browser
     page = context.new_page()
     page.goto(base + f"{page_name}.html", wait_until="load")
-    page.wait_for_function(MATHJAX_STARTED, polling=250, timeout=180_000)
-    typeset = page.evaluate(MATHJAX_DONE)
-    math = page.evaluate(MATH_STATE)
+    math = read_math(page)
     page.close()
-    assert typeset == "typeset", f"{page_name}: MathJax {typeset}"
-    assert math["equations"] > 0 and math["rendered"] == math["equations"], f"{page_name}: {math}"
-    assert not math["errors"] and not math["spilling"], f"{page_name}: {math}"
+    check_math(page_name, math)
