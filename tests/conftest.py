@@ -97,10 +97,12 @@ def smoke_book(tmp_path_factory) -> dict:
 
 
 def execute_smoke(build_book, smoke_book: dict, notebooks: list[Path], *, reuse: bool,
-                  env: dict[str, str] | None = None, store: Path | None = None) -> None:
+                  env: dict[str, str] | None = None, store: Path | None = None,
+                  keys: dict[str, str] | None = None) -> None:
     """Execute ``notebooks`` in smoke mode, two at a time, each kernel on one thread, in ``env``
     (by default this process's environment, which is left alone); their run info goes into
-    ``smoke_book["runs"]``. ``store``: the execution cache (by default the build's)."""
+    ``smoke_book["runs"]``. ``store``: the execution cache (by default the build's); ``keys``:
+    each chapter's execution key, computed beforehand (by default computed here)."""
     from concurrent.futures import ThreadPoolExecutor
 
     todo = [nb for nb in notebooks if nb.stem not in smoke_book["runs"]]
@@ -109,8 +111,9 @@ def execute_smoke(build_book, smoke_book: dict, notebooks: list[Path], *, reuse:
     store = build_book.cache_dir() if store is None else store
     env = dict(os.environ if env is None else env, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     with ThreadPoolExecutor(max_workers=SMOKE_WORKERS) as pool:
-        runs = pool.map(lambda nb: build_book.run_chapter(nb, "smoke", smoke_book["out"], store=store,
-                                                          reuse=reuse, env=env), todo)
+        runs = pool.map(lambda nb: build_book.run_chapter(
+            nb, "smoke", smoke_book["out"], store=store, reuse=reuse, env=env,
+            key=(keys or {}).get(nb.stem)), todo)
         smoke_book["runs"].update({nb.stem: run for nb, run in zip(todo, runs)})
     SMOKE_RUNS.update(smoke_book["runs"])
 
@@ -148,17 +151,23 @@ def smoke_in_background(request, build_book, smoke_book):
     thread pools do not spin against the kernels). tests/test_notebooks.py waits for them.
 
     The thread has its own copy of the build module and of the environment, taken now: the tests
-    that run beside it may patch both (a temporary book root, an empty data cache)."""
+    that run beside it may patch both (a temporary book root, an empty data cache). The chapters'
+    execution keys are computed here too, before it starts, so that it never calls ``ast.parse``:
+    in Python 3.11 that fails ("AST constructor recursion depth mismatch") when a test parses
+    code at the same moment."""
     import threading
 
     notebooks = _smoke_tests(request.session)
     state = {"error": None}
     own_build, env = _build_book_module(), dict(os.environ)
     store = own_build.cache_dir()
+    keys = {nb.stem: own_build.inputs_key(nb, "smoke", env) for nb in notebooks}
+    own_build.ast = _without_parse(own_build.ast)  # from here on, a parse would be a bug
 
     def run():
         try:
-            execute_smoke(own_build, smoke_book, notebooks, reuse=False, env=env, store=store)
+            execute_smoke(own_build, smoke_book, notebooks, reuse=False, env=env, store=store,
+                          keys=keys)
         except BaseException as failure:  # noqa: BLE001 - reported by the tests that wait
             state["error"] = failure
 
@@ -174,6 +183,18 @@ def smoke_in_background(request, build_book, smoke_book):
     if notebooks:
         thread.join()
         torch.set_num_threads(threads)
+
+
+def _without_parse(ast_module):
+    """``ast_module``'s names, with a ``parse`` that fails at once (not at random, as a parse
+    beside another thread's does)."""
+    import types
+
+    def parse(*args, **kwargs):
+        raise RuntimeError("the background smoke executions must not call ast.parse: compute "
+                           "their keys before they start")
+
+    return types.SimpleNamespace(**dict(vars(ast_module), parse=parse))
 
 
 def wait_for_smoke(smoke_book: dict) -> None:

@@ -54,7 +54,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 CACHE_VARIABLE = "NNBOOK_EXEC_CACHE"
 # Python 3.11's ast.parse is not safe to call from two threads at once ("AST constructor
-# recursion depth mismatch"), and the test suite executes chapters from two threads.
+# recursion depth mismatch"): the two threads that execute chapters take turns (a thread that
+# runs beside code parsing on its own passes run_chapter its keys instead).
 _PARSE_LOCK = threading.Lock()
 
 
@@ -307,7 +308,7 @@ def environment(mode: str, results: Path, base: dict[str, str] | None = None) ->
 
 
 def run_chapter(notebook: Path, mode: str, out: Path, *, store: Path | None, reuse: bool = True,
-                env: dict[str, str] | None = None) -> dict:
+                env: dict[str, str] | None = None, key: str | None = None) -> dict:
     """Execute one chapter (or reuse its stored execution) into ``out/_build/source``.
 
     Args:
@@ -319,6 +320,10 @@ def run_chapter(notebook: Path, mode: str, out: Path, *, store: Path | None, reu
         reuse: take a stored execution when its key matches; False executes anyway (and
             stores the new execution).
         env: the environment the kernel's is built on (None: this process's).
+        key: the execution's :func:`inputs_key`, when the caller computed it already (None:
+            computed here). A thread that runs beside other work passes it: computing it
+            calls ``ast.parse``, which in Python 3.11 fails when another thread parses at the
+            same time ("AST constructor recursion depth mismatch").
 
     Returns:
         ``{"seconds", "executed_at", "key", "succeeded", "cached", "error", "cpu_seconds"}``
@@ -327,7 +332,7 @@ def run_chapter(notebook: Path, mode: str, out: Path, *, store: Path | None, reu
     name = notebook.stem
     results = out / "_build" / "results"
     results.mkdir(parents=True, exist_ok=True)
-    key = inputs_key(notebook, mode, env)
+    key = inputs_key(notebook, mode, env) if key is None else key
     entry = store / mode / f"{name}-{key[:20]}" if store else None
     target = out / "_build" / "source" / notebook.relative_to(ROOT)
     target.parent.mkdir(parents=True, exist_ok=True)
