@@ -17,9 +17,9 @@ from conftest import CHAPTER_NOTEBOOKS
 
 # The most CPU time one chapter's kernel may use in smoke mode (it runs on one thread; kernel start
 # and imports included, about 8 s of it): a guard against smoke sizes creeping up that does not
-# depend on what else this machine runs beside it. It does depend on the host: the same chapters
-# took 30% more CPU seconds in one CI run than in the one before. The aim is 20 s; chapters 02,
-# 06, 07 and 25 use 20-23 s in a normal run, up to 30 s in that slow one.
+# depend on what else this machine runs beside it. It does depend on the host: the slowest
+# chapters (02, 06, 07, 25) used 10-11 CPU s on one machine, 20-23 s on another and up to 30 s
+# in one slow run there. The aim is 20 s.
 SMOKE_SECONDS = 40
 
 pytestmark = pytest.mark.notebook
