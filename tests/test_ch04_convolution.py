@@ -84,6 +84,84 @@ def test_shift_moves_pixels_and_fills_the_background():
     assert ch.shift(ch.shift(x, -2), 2)[..., 2:].equal(x[..., 2:])
 
 
+def resample(x, degrees=0.0, scale=1.0, tx=0.0, ty=0.0, fill=0.0):
+    """ch.affine_resample with the same map for every image of x."""
+    B = len(x)
+    return ch.affine_resample(x, torch.full((B,), degrees * torch.pi / 180),
+                              torch.full((B,), scale), torch.full((B,), tx),
+                              torch.full((B,), ty), fill=fill)
+
+
+def test_affine_resample_is_exact_on_pixel_grid_maps():
+    """Catches translations in PyTorch's [-1, 1] units instead of pixels, a rotation about the
+    corner instead of the centre, or a map applied the wrong way round ((4.5) reads x at s R p + t,
+    so the image moves by -t)."""
+    x = torch.randn(3, 2, 10, 10, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(resample(x), x)
+    torch.testing.assert_close(resample(x, tx=-2.0, ty=-1.0, fill=-0.5),
+                               ch.shift(x, 2, 1, fill=-0.5))         # 2 right, 1 down
+    torch.testing.assert_close(resample(x, tx=3.0, fill=-0.5), ch.shift(x, -3, fill=-0.5))
+    torch.testing.assert_close(resample(x, degrees=90.0), torch.rot90(x, 1, dims=(-2, -1)),
+                               atol=1e-5, rtol=0)                    # quarter turn: exact grid
+    torch.testing.assert_close(resample(x, degrees=180.0), x.flip(-1, -2), atol=1e-5, rtol=0)
+    far = resample(x, tx=30.0, fill=-0.5)                            # reads only outside x
+    assert (far == -0.5).all()
+
+
+def test_affine_resample_scales_about_the_centre():
+    """A bright square of side 4 at the centre of a 12 x 12 image: reading at s p shrinks it by
+    1/s, so s = 2 leaves a centred 2 x 2 square and s = 0.5 an 8 x 8 one."""
+    x = torch.zeros(1, 1, 12, 12)
+    x[..., 4:8, 4:8] = 1.0
+    torch.testing.assert_close(resample(x, scale=2.0)[0, 0, 5:7, 5:7], torch.ones(2, 2))
+    assert float(resample(x, scale=2.0).sum()) == pytest.approx(4.0, abs=1e-4)
+    torch.testing.assert_close(resample(x, scale=0.5)[0, 0, 3:9, 3:9], torch.ones(6, 6))
+    assert float(resample(x, scale=0.5).sum()) == pytest.approx(64.0, abs=2.0)  # blurred rim
+
+
+def centre_of_mass(images):
+    """(row, column) of each image's brightness centre, images (B, 1, H, W) >= 0."""
+    H, W = images.shape[-2:]
+    mass = images.sum((1, 2, 3))
+    rows = (images.sum((1, 3)) * torch.arange(H)).sum(1) / mass
+    cols = (images.sum((1, 2)) * torch.arange(W)).sum(1) / mass
+    return torch.stack([rows, cols], 1)
+
+
+def test_distort_draws_each_image_its_own_map_within_the_ranges():
+    """Catches one map for the whole batch, ranges in the wrong units (a shift of 2 [-1, 1]-units
+    is 28 pixels), or a generator that is not used."""
+    x, _ = nnbook.mnist.mnist_split("val", n=64, normalize=False)      # pixels in [0, 1]
+    moved = ch.distort(x, generator=torch.Generator().manual_seed(0), max_degrees=0.0,
+                       max_scale=0.0)
+    step = (centre_of_mass(moved) - centre_of_mass(x)).abs()
+    assert float(step.max()) <= 2.0 + 0.05, "moved by more than max_shift pixels"
+    assert float(step.max()) > 1.0 and len(step.unique()) > 60, "moves too small or shared"
+    turned = ch.distort(x, generator=torch.Generator().manual_seed(0), max_shift=0.0)
+    mass_ratio = turned.sum((1, 2, 3)) / x.sum((1, 2, 3))   # scaled by 1/s: mass by 1/s^2
+    assert float(mass_ratio.min()) > 1 / 1.1**2 - 0.03 and float(mass_ratio.max()) < 1 / 0.9**2 + 0.03
+    assert float((turned - x).abs().amax((1, 2, 3)).min()) > 0.1, "an image was left as it was"
+    still = ch.distort(x, generator=torch.Generator().manual_seed(0), max_degrees=0.0,
+                       max_scale=0.0, max_shift=0.0)
+    torch.testing.assert_close(still, x)
+    again = ch.distort(x, generator=torch.Generator().manual_seed(0), max_degrees=0.0,
+                       max_scale=0.0)
+    assert again.equal(moved), "the same generator state must give the same maps"
+
+
+def test_distorted_loader_keeps_labels_and_draws_afresh_every_pass():
+    x, y = nnbook.mnist.mnist_split("val", n=40)
+    blank = float(x.min())
+    loader = ch.Distorted(nnbook.TensorLoader(x, y, batch_size=16), fill=blank,
+                          generator=torch.Generator().manual_seed(0))
+    assert len(loader) == 3
+    first, second = list(loader), list(loader)
+    assert torch.cat([b[1] for b in first]).equal(y)
+    assert not torch.cat([b[0] for b in first]).equal(x)
+    assert not torch.cat([b[0] for b in first]).equal(torch.cat([b[0] for b in second]))
+    assert float(torch.cat([b[0] for b in first]).min()) >= blank - 1e-5  # background stays blank
+
+
 @pytest.mark.parametrize("case", ch.POOL_CASES + MORE_POOL_CASES, ids=str)
 def test_pooling_matches_torch_in_values_and_gradients(case):
     """Catches padding that wins a max, a mean that skips padded zeros, a wrong window step."""
@@ -258,6 +336,10 @@ BAD_INPUTS = [
                  "padding must be at most half the window 3; got 2", id="max pool padding"),
     pytest.param(lambda: ch.avg_pool2d(torch.randn(1, 3, 8, 8), 2, padding=2),
                  "at most half the window", id="avg pool padding"),
+    pytest.param(lambda: resample(torch.randn(1, 1, 8, 6)),
+                 r"square images \(B, C, H, H\); got \(1, 1, 8, 6\)", id="non-square image"),
+    pytest.param(lambda: ch.affine_resample(torch.randn(2, 1, 8, 8), *[torch.zeros(3)] * 4),
+                 r"angle must have shape \(2,\); got \(3,\)", id="one map per image"),
 ]
 
 
