@@ -178,6 +178,16 @@ def test_scaled_down_networks_reach_7x7_before_the_head():
             assert model(x).shape == (2, 10), name
 
 
+def test_the_baseline_is_chapter_04s_lenet_and_stays_out_of_the_result():
+    """Catches a baseline that is not chapter 04's network (another size, its own copy) or one
+    counted among the four networks the stated result is about."""
+    lenet = ch.BUILDERS[ch.BASELINE]()
+    assert type(lenet).__name__ == "LeNet5" and ch.n_params(lenet) == 61_706
+    assert isinstance(lenet.c1, nn.Conv2d) and ch.BASELINE not in ch.MINIS
+    assert list(ch.BUILDERS) == [*ch.MINIS, ch.BASELINE]
+    assert ch.conv_macs(lenet, 28) < ch.conv_macs(ch.MINIS["SqueezeNet"](), 28) / 3
+
+
 def test_latency_ms_refuses_bad_inputs_and_times():
     with pytest.raises(ValueError, match=r"x must be \(B, C, H, W\); got \(3, 4\)"):
         ch.latency_ms(nn.Identity(), torch.zeros(3, 4), seconds=0.01)
